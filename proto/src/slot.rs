@@ -1,0 +1,92 @@
+//! A/B slots and the names the disk layout gives them. The builder writes these names and
+//! the updater finds partitions and boot entries by them, so they live here.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+/// GPT partition label of the EFI system / boot partition.
+pub const ESP_LABEL: &str = "esp";
+/// GPT partition label of the persistent data partition.
+pub const DATA_LABEL: &str = "data";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Slot {
+    A,
+    B,
+}
+
+impl Slot {
+    pub const ALL: [Slot; 2] = [Slot::A, Slot::B];
+
+    pub fn other(self) -> Slot {
+        match self {
+            Slot::A => Slot::B,
+            Slot::B => Slot::A,
+        }
+    }
+
+    pub fn letter(self) -> &'static str {
+        match self {
+            Slot::A => "a",
+            Slot::B => "b",
+        }
+    }
+
+    /// PARTLABEL of the slot's root filesystem partition.
+    pub fn root_label(self) -> String {
+        format!("root-{}", self.letter())
+    }
+
+    /// PARTLABEL of the slot's dm-verity hash partition.
+    pub fn verity_label(self) -> String {
+        format!("verity-{}", self.letter())
+    }
+
+    /// Directory on the boot partition that holds this slot's kernel and initrd.
+    pub fn boot_dir(self) -> String {
+        format!("/edgeimg/slot-{}", self.letter())
+    }
+
+    /// systemd-boot entry id (the entry file name without counter and `.conf`).
+    pub fn entry_id(self) -> String {
+        format!("slot-{}", self.letter())
+    }
+}
+
+impl fmt::Display for Slot {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Slot::A => "A",
+            Slot::B => "B",
+        })
+    }
+}
+
+impl FromStr for Slot {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "a" => Ok(Slot::A),
+            "b" => Ok(Slot::B),
+            _ => Err(format!("`{s}` is not a slot (a or b)")),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert_eq!(Slot::A.other(), Slot::B);
+        assert_eq!(Slot::B.root_label(), "root-b");
+        assert_eq!(Slot::A.verity_label(), "verity-a");
+        assert_eq!("B".parse::<Slot>().unwrap(), Slot::B);
+        assert!("c".parse::<Slot>().is_err());
+        assert_eq!(serde_json::to_string(&Slot::A).unwrap(), "\"a\"");
+    }
+}
