@@ -1,0 +1,244 @@
+//! Board definitions: what the hardware needs (architecture, boot chain, kernel, disk).
+//! Every key is documented with its default in docs/configuration.md.
+
+use serde::{Deserialize, Serialize};
+
+use super::source::{ConfigError, Source};
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Board {
+    /// Short name used on the command line and in output paths.
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Debian architecture of the root filesystem.
+    pub arch: Arch,
+    pub boot: Boot,
+    #[serde(default)]
+    pub kernel: Kernel,
+    #[serde(default)]
+    pub firmware: Firmware,
+    #[serde(default)]
+    pub disk: Disk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Arch {
+    Amd64,
+    Arm64,
+}
+
+impl Arch {
+    pub fn debian(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "amd64",
+            Arch::Arm64 => "arm64",
+        }
+    }
+
+    /// The OCI platform architecture name.
+    pub fn oci(self) -> &'static str {
+        self.debian()
+    }
+
+    /// Discoverable Partitions Specification type GUIDs: (root, root verity).
+    pub fn root_type_guids(self) -> (&'static str, &'static str) {
+        match self {
+            Arch::Amd64 => (
+                "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
+                "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5",
+            ),
+            Arch::Arm64 => (
+                "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
+                "DF3300CE-D69F-4C92-978C-9BFB0F38D820",
+            ),
+        }
+    }
+
+    pub fn default_kernel_package(self) -> &'static str {
+        match self {
+            Arch::Amd64 => "linux-image-amd64",
+            Arch::Arm64 => "linux-image-arm64",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Boot {
+    /// How the device picks a slot and falls back: see docs/configuration.md.
+    pub backend: BootBackend,
+    /// Seconds the boot menu waits (0 = boot at once; a key press still shows the menu).
+    #[serde(default)]
+    pub menu_timeout: u32,
+    /// Tries a newly installed slot gets before the loader falls back.
+    #[serde(default = "default_tries")]
+    pub tries: u32,
+}
+
+fn default_tries() -> u32 {
+    1
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootBackend {
+    /// UEFI + systemd-boot with boot counting (x86 NUC, qemu-x86_64).
+    SystemdBoot,
+}
+
+impl BootBackend {
+    pub fn name(self) -> &'static str {
+        match self {
+            BootBackend::SystemdBoot => "systemd-boot",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Kernel {
+    /// Kernel packages; empty means the architecture's Debian default.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Kernel console device, e.g. `ttyS0,115200`. A getty runs on it.
+    #[serde(default)]
+    pub console: Option<String>,
+    /// Extra kernel command line arguments for every slot.
+    #[serde(default)]
+    pub cmdline: Vec<String>,
+    /// Extra drivers the initrd must carry to find the root disk.
+    #[serde(default)]
+    pub initrd_drivers: Vec<String>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Firmware {
+    /// Firmware and microcode packages the hardware needs.
+    #[serde(default)]
+    pub packages: Vec<String>,
+    /// Archive components those packages come from (added to the recipe's).
+    #[serde(default)]
+    pub components: Vec<String>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Disk {
+    /// EFI system partition (holds the loader and each slot's kernel + initrd).
+    #[serde(default = "default_esp")]
+    pub esp_mib: u64,
+    /// Each root slot (A and B).
+    #[serde(default = "default_root")]
+    pub root_mib: u64,
+    /// Each slot's dm-verity hash partition.
+    #[serde(default = "default_verity")]
+    pub verity_mib: u64,
+    /// Data partition as shipped in the image; it grows to fill the medium on first boot.
+    #[serde(default = "default_data")]
+    pub data_mib: u64,
+    /// Grow the data partition and its filesystem to the end of the medium on first boot.
+    #[serde(default = "default_true")]
+    pub grow_data: bool,
+}
+
+fn default_esp() -> u64 {
+    256
+}
+fn default_root() -> u64 {
+    1024
+}
+fn default_verity() -> u64 {
+    16
+}
+fn default_data() -> u64 {
+    256
+}
+fn default_true() -> bool {
+    true
+}
+
+impl Default for Disk {
+    fn default() -> Self {
+        Self {
+            esp_mib: default_esp(),
+            root_mib: default_root(),
+            verity_mib: default_verity(),
+            data_mib: default_data(),
+            grow_data: true,
+        }
+    }
+}
+
+impl Board {
+    pub fn load(src: &Source) -> Result<Self, ConfigError> {
+        let board: Board = src.parse()?;
+        board.validate(src)?;
+        Ok(board)
+    }
+
+    fn validate(&self, src: &Source) -> Result<(), ConfigError> {
+        if !is_name(&self.name) {
+            return Err(src.error_at(
+                "name",
+                "use lowercase letters, digits and '-' (it becomes part of paths)",
+            ));
+        }
+        let d = &self.disk;
+        if d.esp_mib < 64 {
+            return Err(src.error_at(
+                "disk.esp_mib",
+                "the ESP needs at least 64 MiB (two kernels + initrds)",
+            ));
+        }
+        if d.root_mib < 64 {
+            return Err(src.error_at("disk.root_mib", "a root slot needs at least 64 MiB"));
+        }
+        // A SHA-256 dm-verity tree with 4 KiB blocks is ~1/127 of the data plus one block per level.
+        let need = d.root_mib.div_ceil(120) + 1;
+        if d.verity_mib < need {
+            return Err(src.error_at(
+                "disk.verity_mib",
+                format!(
+                    "{} MiB cannot hold the hash tree of a {} MiB root slot; use at least {need}",
+                    d.verity_mib, d.root_mib
+                ),
+            ));
+        }
+        if d.data_mib < 32 {
+            return Err(src.error_at("disk.data_mib", "the data partition needs at least 32 MiB"));
+        }
+        if self.boot.tries == 0 || self.boot.tries > 9 {
+            return Err(src.error_at("boot.tries", "must be between 1 and 9"));
+        }
+        if let Some(c) = &self.kernel.console {
+            if c.contains(char::is_whitespace) || c.starts_with("console=") {
+                return Err(src.error_at(
+                    "kernel.console",
+                    "give the device only, e.g. \"ttyS0,115200\"",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    pub fn kernel_packages(&self) -> Vec<String> {
+        if self.kernel.packages.is_empty() {
+            vec![self.arch.default_kernel_package().to_string()]
+        } else {
+            self.kernel.packages.clone()
+        }
+    }
+}
+
+/// Names that end up in file names: lowercase ASCII, digits, '-', '_' and '.'.
+pub fn is_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && !s.starts_with(['.', '-'])
+}
