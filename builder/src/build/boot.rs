@@ -1,0 +1,271 @@
+//! Boot files: per-slot kernel command lines and the boot partition for the board's backend.
+//!
+//! systemd-boot (x86 UEFI): the ESP carries the loader, one kernel + initrd per slot and a
+//! type #1 entry per slot. A newly installed slot gets an entry named `slot-b+1.conf`;
+//! systemd-boot decrements the counter before starting it, and an entry with no tries left
+//! sorts last, so an unblessed slot falls back to the other one on the next boot.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use edgeimg_proto::Slot;
+
+use crate::config::{Arch, Board};
+use crate::fsutil::{clamp_mtimes, in_root, write_file};
+use crate::gpt::Guid;
+use crate::tools::{Cmd, ToolError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("the root filesystem has no {0}; is the board's kernel package installed?")]
+    Missing(String),
+    #[error("the boot files need {need} MiB but the boot partition has {have} MiB (disk.esp_mib in {board})")]
+    TooBig { need: u64, have: u64, board: String },
+}
+
+/// Kernel and initrd taken out of the root tree (they live on the boot partition, not in
+/// the root image).
+#[derive(Debug, Clone)]
+pub struct KernelFiles {
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    pub version: String,
+}
+
+/// Move /boot/vmlinuz-* and /boot/initrd.img-* out of the tree into `dest`.
+pub fn take_kernel(tree: &Path, dest: &Path) -> Result<KernelFiles, BootError> {
+    let boot = in_root(tree, "/boot");
+    let mut versions: Vec<String> = fs::read_dir(&boot)?
+        .flatten()
+        .filter_map(|e| {
+            e.file_name()
+                .to_str()?
+                .strip_prefix("vmlinuz-")
+                .map(String::from)
+        })
+        .collect();
+    versions.sort();
+    let version = versions
+        .pop()
+        .ok_or_else(|| BootError::Missing("/boot/vmlinuz-*".into()))?;
+    let initrd_src = boot.join(format!("initrd.img-{version}"));
+    if !initrd_src.exists() {
+        return Err(BootError::Missing(format!(
+            "/boot/initrd.img-{version} (dracut did not run?)"
+        )));
+    }
+    fs::create_dir_all(dest)?;
+    let kernel = dest.join("linux");
+    let initrd = dest.join("initrd");
+    fs::copy(boot.join(format!("vmlinuz-{version}")), &kernel)?;
+    fs::copy(&initrd_src, &initrd)?;
+    // The root image does not need them; they would only cost space in every slot.
+    for e in fs::read_dir(&boot)?.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            fs::remove_dir_all(p)?;
+        } else {
+            fs::remove_file(p)?;
+        }
+    }
+    Ok(KernelFiles {
+        kernel,
+        initrd,
+        version,
+    })
+}
+
+/// Stable partition GUIDs: the same for every release of a board, so that a release built
+/// later boots from the partitions of a disk flashed earlier.
+pub fn partition_guid(board: &str, label: &str) -> Guid {
+    Guid::derive("edgeimg-partition", &format!("{board}/{label}"))
+}
+
+/// The command line that boots `slot` with the root image whose verity root hash is given.
+pub fn cmdline(board: &Board, slot: Slot, roothash: &str) -> String {
+    let data = partition_guid(&board.name, &slot.root_label())
+        .to_string()
+        .to_lowercase();
+    let hash = partition_guid(&board.name, &slot.verity_label())
+        .to_string()
+        .to_lowercase();
+    let mut args = vec![
+        "ro".to_string(),
+        "rootfstype=erofs".into(),
+        "root=/dev/mapper/root".into(),
+        format!("roothash={roothash}"),
+        format!("systemd.verity_root_data=PARTUUID={data}"),
+        format!("systemd.verity_root_hash=PARTUUID={hash}"),
+        // A corrupt block panics the kernel (then reboots, and the loader's try counter
+        // falls back) instead of hanging the initrd or returning I/O errors.
+        "systemd.verity_root_options=panic-on-corruption".into(),
+        "panic=5".into(),
+        // An initrd that cannot find or open the root reboots instead of waiting for a
+        // person at the console; the boot counter then falls back to the other slot.
+        "rd.emergency=reboot".into(),
+        "rd.shell=0".into(),
+        format!("edgeimg.slot={}", slot.letter()),
+    ];
+    if let Some(c) = &board.kernel.console {
+        args.push(format!("console={c}"));
+    }
+    args.extend(board.kernel.cmdline.iter().cloned());
+    args.join(" ")
+}
+
+/// systemd-boot loader entry for a slot. `tries` = None writes a blessed entry.
+pub fn sd_boot_entry(slot: Slot, title: &str, generation: u64, cmdline: &str) -> String {
+    let dir = slot.boot_dir();
+    format!(
+        "title      {title} (slot {slot})\n\
+         sort-key   edgeimg\n\
+         version    {generation}\n\
+         linux      {dir}/linux\n\
+         initrd     {dir}/initrd\n\
+         options    {cmdline}\n"
+    )
+}
+
+fn efi_names(arch: Arch) -> (&'static str, &'static str) {
+    match arch {
+        Arch::Amd64 => ("systemd-bootx64.efi", "BOOTX64.EFI"),
+        Arch::Arm64 => ("systemd-bootaa64.efi", "BOOTAA64.EFI"),
+    }
+}
+
+pub struct EspInput<'a> {
+    pub board: &'a Board,
+    pub board_file: &'a str,
+    pub tree: &'a Path,
+    pub kernel: &'a KernelFiles,
+    pub title: &'a str,
+    pub cmdline_a: &'a str,
+    pub epoch: u64,
+}
+
+/// Build the ESP as a FAT32 image file with slot A installed and blessed.
+pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError> {
+    let (loader, fallback) = efi_names(input.board.arch);
+    let loader_src = in_root(input.tree, &format!("/usr/lib/systemd/boot/efi/{loader}"));
+    if !loader_src.exists() {
+        return Err(BootError::Missing(format!(
+            "/usr/lib/systemd/boot/efi/{loader} (package systemd-boot-efi)"
+        )));
+    }
+    let staging = out.join("esp-staging");
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging)?;
+    let loader_bytes = fs::read(&loader_src)?;
+    write_file(
+        &staging,
+        &format!("/EFI/BOOT/{fallback}"),
+        &loader_bytes,
+        0o644,
+    )?;
+    write_file(
+        &staging,
+        &format!("/EFI/systemd/{loader}"),
+        &loader_bytes,
+        0o644,
+    )?;
+    write_file(
+        &staging,
+        "/loader/loader.conf",
+        format!(
+            "# Written by edgeimg. Never pin `default` to one slot: boot counting needs the\n\
+             # loader free to pick the other slot when a tried one runs out of tries.\n\
+             timeout {}\n\
+             default slot-*\n\
+             editor no\n\
+             auto-entries no\n\
+             auto-firmware no\n\
+             console-mode keep\n",
+            input.board.boot.menu_timeout
+        ),
+        0o644,
+    )?;
+    write_file(
+        &staging,
+        &format!("/loader/entries/{}.conf", Slot::A.entry_id()),
+        sd_boot_entry(Slot::A, input.title, 1, input.cmdline_a),
+        0o644,
+    )?;
+    let dir = Slot::A.boot_dir();
+    fs::create_dir_all(in_root(&staging, &dir))?;
+    fs::copy(
+        &input.kernel.kernel,
+        in_root(&staging, &format!("{dir}/linux")),
+    )?;
+    fs::copy(
+        &input.kernel.initrd,
+        in_root(&staging, &format!("{dir}/initrd")),
+    )?;
+    fs::create_dir_all(in_root(&staging, &Slot::B.boot_dir()))?;
+    clamp_mtimes(&staging, input.epoch as i64)?;
+
+    // Two kernels + initrds must fit, plus 10% slack for FAT overhead.
+    let used = crate::fsutil::tree_size(&staging)?;
+    let need = (used
+        + 2 * (input.kernel.kernel.metadata()?.len() + input.kernel.initrd.metadata()?.len()))
+        * 11
+        / 10;
+    let have = input.board.disk.esp_mib << 20;
+    if need > have {
+        return Err(BootError::TooBig {
+            need: need.div_ceil(1 << 20),
+            have: input.board.disk.esp_mib,
+            board: input.board_file.into(),
+        });
+    }
+
+    let img = out.join("esp.img");
+    let _ = fs::remove_file(&img);
+    fs::File::create(&img)?.set_len(have)?;
+    Cmd::new("mkfs.vfat")
+        .args(["-F", "32", "-n", "ESP", "--invariant"])
+        .arg(&img)
+        .run()?;
+    mcopy_tree(&img, &staging, input.epoch)?;
+    fs::remove_dir_all(&staging)?;
+    Ok(img)
+}
+
+/// Copy a staging tree into a FAT image with mtools, reproducibly (fixed timestamps).
+pub fn mcopy_tree(img: &Path, staging: &Path, epoch: u64) -> Result<(), BootError> {
+    let mut dirs = Vec::new();
+    let mut files = Vec::new();
+    let mut stack = vec![staging.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let mut entries: Vec<_> = fs::read_dir(&d)?.flatten().map(|e| e.path()).collect();
+        entries.sort();
+        for p in entries {
+            let rel = format!("::/{}", p.strip_prefix(staging).unwrap_or(&p).display());
+            if p.is_dir() {
+                dirs.push(rel);
+                stack.push(p);
+            } else {
+                files.push((p, rel));
+            }
+        }
+    }
+    dirs.sort();
+    let env = |c: Cmd| {
+        c.env("SOURCE_DATE_EPOCH", epoch.to_string())
+            .env("MTOOLS_SKIP_CHECK", "1")
+    };
+    if !dirs.is_empty() {
+        env(Cmd::new("mmd").arg("-i").arg(img)).args(&dirs).run()?;
+    }
+    files.sort();
+    for (src, dst) in files {
+        env(Cmd::new("mcopy").args(["-m", "-o", "-i"]).arg(img))
+            .arg(&src)
+            .arg(&dst)
+            .run()?;
+    }
+    Ok(())
+}

@@ -1,0 +1,275 @@
+//! The read-only-root plumbing: mounts, /var on the data partition, machine-id, journal,
+//! network, SSH host keys, growing /data. Each function writes plain files into the tree.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+use crate::fsutil::{in_root, remove, write_file, write_symlink};
+
+/// Where the image keeps the pristine copy of its /var (tmpfiles copies from here).
+pub const FACTORY_VAR: &str = "/usr/share/factory/var";
+
+pub fn fstab(root: &Path) -> io::Result<()> {
+    write_file(
+        root,
+        "/etc/fstab",
+        "# Written by edgeimg. The root filesystem is the dm-verity device /dev/mapper/root,\n\
+         # set up by the initrd from the kernel command line; it is read-only by design.\n\
+         # <what>          <where> <type> <options>                                     <dump> <pass>\n\
+         PARTLABEL=esp     /efi    vfat   umask=0077,noexec,nosuid,nodev,flush           0      2\n\
+         # /data is mounted by the initrd so that /etc/machine-id (a link into it) is there\n\
+         # before systemd starts.\n\
+         PARTLABEL=data    /data   ext4   defaults,noatime,x-initrd.mount                0      2\n\
+         /data/var         /var    none   bind,x-systemd.requires-mounts-for=/data       0      0\n",
+        0o644,
+    )
+}
+
+/// /etc/machine-id is an empty file in the image; the initrd (edgeimg dracut module)
+/// bind-mounts this device's id from /data over it before systemd starts. K3s and the
+/// journal need it stable; a read-only root would otherwise get a new one every boot.
+/// (A symlink into /data does not work: systemd never commits an id through it.)
+pub fn machine_id(root: &Path) -> io::Result<()> {
+    write_file(root, "/etc/machine-id", "", 0o444)?;
+    write_symlink(root, "/var/lib/dbus/machine-id", "/etc/machine-id")
+}
+
+/// Generators that make no sense on a device.
+pub fn generators(root: &Path) -> io::Result<()> {
+    // systemd-ssh-generator probes AF_VSOCK at every boot (loading the Hyper-V and VMware
+    // vsock modules) to offer sshd over vsock to a hypervisor; edge devices have none.
+    write_symlink(
+        root,
+        "/etc/systemd/system-generators/systemd-ssh-generator",
+        "/dev/null",
+    )
+}
+
+/// Move the image's /var to the factory directory and describe it as tmpfiles.d lines so
+/// that the persistent /var on /data is populated on the first boot, and entries that a
+/// new release adds appear after an update. /var/lib/dpkg always shows the running image.
+pub fn var_to_factory(root: &Path) -> io::Result<()> {
+    let var = in_root(root, "/var");
+    let factory = in_root(root, FACTORY_VAR);
+    remove(root, FACTORY_VAR)?;
+    fs::create_dir_all(factory.parent().unwrap_or(Path::new("/")))?;
+    fs::rename(&var, &factory)?;
+    fs::create_dir(&var)?;
+
+    let mut lines = vec![
+        "# Written by edgeimg: populate the persistent /var (on /data) from the image.".to_string(),
+        "# C copies only what is missing, so device state is never overwritten.".to_string(),
+    ];
+    let mut top: Vec<_> = fs::read_dir(&factory)?.collect::<Result<_, _>>()?;
+    top.sort_by_key(|e| e.file_name());
+    for e in top {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let meta = e.path().symlink_metadata()?;
+        let path = format!("/var/{name}");
+        if meta.file_type().is_symlink() {
+            let target = fs::read_link(e.path())?;
+            lines.push(format!("L {path} - - - - {}", target.display()));
+        } else if meta.is_dir() {
+            lines.push(format!(
+                "d {path} {:04o} {} {} -",
+                meta.mode() & 0o7777,
+                meta.uid(),
+                meta.gid()
+            ));
+            let mut sub: Vec<_> = fs::read_dir(e.path())?.collect::<Result<_, _>>()?;
+            sub.sort_by_key(|e| e.file_name());
+            for s in sub {
+                let sname = s.file_name().to_string_lossy().into_owned();
+                let spath = format!("{path}/{sname}");
+                if spath == "/var/lib/dpkg" {
+                    lines.push(format!("L+ {spath} - - - - {FACTORY_VAR}/lib/dpkg"));
+                } else {
+                    lines.push(format!("C {spath} - - - - {FACTORY_VAR}/{name}/{sname}"));
+                }
+            }
+        } else {
+            lines.push(format!("C {path} - - - - {FACTORY_VAR}/{name}"));
+        }
+    }
+    lines.push(String::new());
+    write_file(
+        root,
+        "/usr/lib/tmpfiles.d/00-edgeimg-var.conf",
+        lines.join("\n"),
+        0o644,
+    )
+}
+
+/// Home directories live under /var/home (so on /data); /root likewise.
+pub fn homes(root: &Path, users: &[(String, u32, u32)]) -> io::Result<()> {
+    remove(root, "/home")?;
+    write_symlink(root, "/home", "var/home")?;
+    remove(root, "/root")?;
+    write_symlink(root, "/root", "var/roothome")?;
+    let mut t = String::from(
+        "# Written by edgeimg: home directories on the data partition.\n\
+         d /var/home 0755 root root -\n\
+         C /var/roothome - - - - /etc/skel\n\
+         Z /var/roothome 0700 root root -\n",
+    );
+    for (name, uid, gid) in users.iter().filter(|(n, _, _)| n != "root") {
+        t.push_str(&format!(
+            "C /var/home/{name} - - - - /etc/skel\nZ /var/home/{name} 0700 {uid} {gid} -\n"
+        ));
+    }
+    write_file(root, "/usr/lib/tmpfiles.d/01-edgeimg-home.conf", t, 0o644)
+}
+
+pub fn journal(root: &Path, persistent: bool, max_use: &str) -> io::Result<()> {
+    let storage = if persistent { "persistent" } else { "volatile" };
+    write_file(
+        root,
+        "/etc/systemd/journald.conf.d/50-edgeimg.conf",
+        format!("# Written by edgeimg.\n[Journal]\nStorage={storage}\nSystemMaxUse={max_use}\n"),
+        0o644,
+    )?;
+    if persistent {
+        // Part of /var, so it moves into the factory copy and tmpfiles recreates it.
+        fs::create_dir_all(in_root(root, "/var/log/journal"))?;
+    }
+    Ok(())
+}
+
+/// DHCP on every wired interface with systemd-networkd; resolved for DNS when installed.
+pub fn network(root: &Path) -> io::Result<()> {
+    write_file(
+        root,
+        "/etc/systemd/network/80-edgeimg-wired.network",
+        "# Written by edgeimg: DHCP on every wired interface. Override with a file of the\n\
+         # same name in an overlay, or add lower-numbered .network files.\n\
+         [Match]\nType=ether\n\n[Network]\nDHCP=yes\nLinkLocalAddressing=ipv6\n\n[DHCPv4]\nUseDomains=yes\n",
+        0o644,
+    )?;
+    if in_root(root, "/usr/lib/systemd/systemd-resolved").exists() {
+        write_symlink(
+            root,
+            "/etc/resolv.conf",
+            "../run/systemd/resolve/stub-resolv.conf",
+        )?;
+    }
+    Ok(())
+}
+
+/// SSH: keys from /etc/ssh/authorized_keys/<user>, no passwords, and per-device host keys
+/// generated on the first boot into /var (never baked into the image).
+pub fn ssh(root: &Path) -> io::Result<bool> {
+    if !in_root(root, "/usr/sbin/sshd").exists() {
+        return Ok(false);
+    }
+    for e in fs::read_dir(in_root(root, "/etc/ssh"))? {
+        let e = e?;
+        if e.file_name().to_string_lossy().starts_with("ssh_host_") {
+            fs::remove_file(e.path())?;
+        }
+    }
+    write_file(
+        root,
+        "/etc/ssh/sshd_config.d/50-edgeimg.conf",
+        "# Written by edgeimg.\n\
+         AuthorizedKeysFile .ssh/authorized_keys /etc/ssh/authorized_keys/%u\n\
+         PasswordAuthentication no\n\
+         KbdInteractiveAuthentication no\n\
+         PermitRootLogin prohibit-password\n\
+         HostKey /var/lib/ssh/ssh_host_ed25519_key\n\
+         HostKey /var/lib/ssh/ssh_host_ecdsa_key\n\
+         HostKey /var/lib/ssh/ssh_host_rsa_key\n",
+        0o644,
+    )?;
+    write_file(
+        root,
+        "/usr/lib/systemd/system/edgeimg-ssh-hostkeys.service",
+        "[Unit]\n\
+         Description=Generate this device's SSH host keys\n\
+         Before=ssh.service sshd.service\n\
+         ConditionPathExists=!/var/lib/ssh/ssh_host_ed25519_key\n\
+         RequiresMountsFor=/var/lib\n\n\
+         [Service]\n\
+         Type=oneshot\n\
+         ExecStart=/usr/bin/install -d -m 0700 /var/lib/ssh\n\
+         ExecStart=/usr/bin/ssh-keygen -q -t ed25519 -N \"\" -f /var/lib/ssh/ssh_host_ed25519_key\n\
+         ExecStart=/usr/bin/ssh-keygen -q -t ecdsa -N \"\" -f /var/lib/ssh/ssh_host_ecdsa_key\n\
+         ExecStart=/usr/bin/ssh-keygen -q -t rsa -b 3072 -N \"\" -f /var/lib/ssh/ssh_host_rsa_key\n\n\
+         [Install]\n\
+         WantedBy=ssh.service\n",
+        0o644,
+    )?;
+    Ok(true)
+}
+
+/// Grow the data partition (systemd-repart) and its filesystem (systemd-growfs) to the end
+/// of the medium. Runs every boot; a no-op when there is no free space after /data.
+///
+/// Stock systemd-repart.service cannot be used: it looks for the disk behind `/`, and a
+/// dm-verity root has two backing devices, so it gives up.
+pub fn grow_data(root: &Path) -> io::Result<()> {
+    write_file(
+        root,
+        "/usr/lib/edgeimg/repart.d/50-data.conf",
+        "# The data partition takes all free space after it.\n[Partition]\nType=linux-generic\nLabel=data\n",
+        0o644,
+    )?;
+    write_file(
+        root,
+        "/usr/lib/edgeimg/grow-data",
+        "#!/bin/sh\n\
+         # Grow the data partition and its ext4 filesystem to the end of the disk.\n\
+         set -eu\n\
+         part=$(readlink -f /dev/disk/by-partlabel/data)\n\
+         disk=/dev/$(basename \"$(readlink -f \"/sys/class/block/$(basename \"$part\")/..\")\")\n\
+         systemd-repart --dry-run=no --no-pager --definitions=/usr/lib/edgeimg/repart.d \"$disk\"\n\
+         exec /usr/lib/systemd/systemd-growfs /data\n",
+        0o755,
+    )?;
+    write_file(
+        root,
+        "/usr/lib/systemd/system/edgeimg-grow-data.service",
+        "[Unit]\n\
+         Description=Grow the data partition to the end of the disk\n\
+         DefaultDependencies=no\n\
+         RequiresMountsFor=/data\n\
+         Before=local-fs.target shutdown.target\n\
+         Conflicts=shutdown.target\n\n\
+         [Service]\n\
+         Type=oneshot\n\
+         RemainAfterExit=yes\n\
+         ExecStart=/usr/lib/edgeimg/grow-data\n\n\
+         [Install]\n\
+         WantedBy=local-fs.target\n",
+        0o644,
+    )
+}
+
+/// Timers and services that make no sense on an image-based OS (no apt upgrades, no dpkg
+/// database backups) and the interactive first-boot wizard, which would wait on the
+/// console of a headless device forever.
+pub const MASKED_BY_DEFAULT: &[&str] = &[
+    "apt-daily.timer",
+    "apt-daily-upgrade.timer",
+    "apt-daily.service",
+    "apt-daily-upgrade.service",
+    "dpkg-db-backup.timer",
+    "systemd-firstboot.service",
+    "systemd-machine-id-commit.service",
+];
+
+/// Services edgeimg itself needs enabled.
+pub fn default_enabled(root: &Path, ssh: bool) -> Vec<&'static str> {
+    let mut v = vec!["systemd-networkd.service", "edgeimg-grow-data.service"];
+    if in_root(root, "/usr/lib/systemd/system/systemd-resolved.service").exists() {
+        v.push("systemd-resolved.service");
+    }
+    if in_root(root, "/usr/lib/systemd/system/systemd-timesyncd.service").exists() {
+        v.push("systemd-timesyncd.service");
+    }
+    if ssh {
+        v.push("edgeimg-ssh-hostkeys.service");
+    }
+    v
+}

@@ -1,0 +1,417 @@
+//! `edgeimg build`: board + recipe → A/B disk image, update payload, report and SBOM.
+//!
+//! Everything is written into `<out>/<board>/<image>/.<version>.partial-<pid>/` and renamed
+//! to `<out>/<board>/<image>/<version>/` only when complete, so a failed build never
+//! leaves outputs that look finished.
+
+pub mod boot;
+pub mod customize;
+pub mod disk;
+mod outputs;
+pub mod report;
+pub mod rootfs;
+pub mod rootimg;
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use edgeimg_proto::slot::{DATA_LABEL, ESP_LABEL};
+use edgeimg_proto::Slot;
+
+use crate::config::{self, ConfigError};
+use crate::fsutil::sha256_file;
+use crate::gpt::Guid;
+use crate::progress::{Reporter, ReporterExt};
+use crate::tools::{self, ToolError};
+pub use report::Report;
+
+#[derive(Debug, Clone)]
+pub struct BuildOptions {
+    pub board: String,
+    pub recipe: PathBuf,
+    pub version: Option<String>,
+    pub out: PathBuf,
+    pub cache: PathBuf,
+    pub boards_dir: Option<PathBuf>,
+    pub source_date_epoch: Option<u64>,
+    /// Rebuild the Debian base tree even if it is cached.
+    pub no_cache: bool,
+    /// Keep the staging directory of a failed build for inspection.
+    pub keep_failed: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("edgeimg build needs root (mmdebstrap installs packages as root, file ownership must be kept); run it with sudo")]
+    NotRoot,
+    #[error(transparent)]
+    Rootfs(#[from] rootfs::RootfsError),
+    #[error("customizing the root filesystem: {0}")]
+    Customize(#[from] customize::CustomizeError),
+    #[error(transparent)]
+    RootImage(#[from] rootimg::RootImageError),
+    #[error(transparent)]
+    Boot(#[from] boot::BootError),
+    #[error(transparent)]
+    Disk(#[from] disk::DiskError),
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+pub(crate) fn io_ctx(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
+    let what = what.into();
+    move |source| BuildError::Io { what, source }
+}
+
+/// Host tools a build needs for a board.
+pub fn required_tools() -> Vec<tools::Tool> {
+    use tools::*;
+    vec![
+        MMDEBSTRAP,
+        MKFS_EROFS,
+        VERITYSETUP,
+        MKFS_VFAT,
+        MCOPY,
+        MMD,
+        MKFS_EXT4,
+        DPKG_QUERY,
+        SYSTEMCTL,
+    ]
+}
+
+pub struct Built {
+    pub dir: PathBuf,
+    pub report: Report,
+}
+
+/// Run a whole build. On error the partial output directory is removed.
+pub fn build(opts: &BuildOptions, rep: &dyn Reporter) -> Result<Built, BuildError> {
+    let t = rep.start("check", "reading board and recipe, checking host tools");
+    let (board, board_src) = config::load_board(&opts.board, opts.boards_dir.as_deref())?;
+    let recipe = config::load_recipe(&opts.recipe)?;
+    let version = match &opts.version {
+        Some(v) => {
+            config::recipe::validate_version(v).map_err(|m| ConfigError {
+                file: "--version".into(),
+                line: None,
+                key: None,
+                message: m,
+            })?;
+            v.clone()
+        }
+        None => recipe.recipe.image.version.clone(),
+    };
+    tools::require(&required_tools())?;
+    if !nix::unistd::geteuid().is_root() {
+        return Err(BuildError::NotRoot);
+    }
+    rep.finish(
+        "check",
+        t,
+        format!(
+            "board {} ({}), recipe {}",
+            board.name,
+            board.arch.debian(),
+            recipe.recipe.image.name
+        ),
+    );
+
+    let final_dir = opts
+        .out
+        .join(&board.name)
+        .join(&recipe.recipe.image.name)
+        .join(&version);
+    let parent = final_dir.parent().unwrap_or(&opts.out).to_path_buf();
+    fs::create_dir_all(&parent).map_err(io_ctx(format!("creating {}", parent.display())))?;
+    let staging = parent.join(format!(".{version}.partial-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&staging);
+    fs::create_dir_all(&staging).map_err(io_ctx(format!("creating {}", staging.display())))?;
+
+    let ctx = Ctx {
+        opts,
+        board: &board,
+        board_src: &board_src,
+        recipe: &recipe,
+        version: &version,
+        staging: &staging,
+        rep,
+    };
+    match ctx.run() {
+        Ok(report) => {
+            outputs::publish_dir(&staging, &final_dir).map_err(io_ctx(format!(
+                "moving the build into {}",
+                final_dir.display()
+            )))?;
+            rep.event(crate::progress::Event::Done {
+                summary: report.summary(&final_dir),
+            });
+            Ok(Built {
+                dir: final_dir,
+                report,
+            })
+        }
+        Err(e) => {
+            if opts.keep_failed {
+                rep.warn(format!(
+                    "kept the failed build's files in {}",
+                    staging.display()
+                ));
+            } else {
+                let _ = fs::remove_dir_all(&staging);
+            }
+            rep.event(crate::progress::Event::Failed {
+                error: e.to_string(),
+            });
+            Err(e)
+        }
+    }
+}
+
+struct Ctx<'a> {
+    opts: &'a BuildOptions,
+    board: &'a config::Board,
+    board_src: &'a config::Source,
+    recipe: &'a config::LoadedRecipe,
+    version: &'a str,
+    staging: &'a Path,
+    rep: &'a dyn Reporter,
+}
+
+impl Ctx<'_> {
+    fn run(&self) -> Result<Report, BuildError> {
+        let (board, recipe, rep) = (self.board, &self.recipe.recipe, self.rep);
+        let mut timings = BTreeMap::new();
+        let board_file = self.board_src.path.display().to_string();
+
+        let t = rep.start(
+            "mirror",
+            format!("checking {} {}", recipe.debian.mirror, recipe.debian.suite),
+        );
+        let (release_sha256, release_date) =
+            rootfs::probe_mirror(&recipe.debian.mirror, &recipe.debian.suite)?;
+        // Same inputs, same bytes: the timestamp comes from the environment, else from the
+        // archive state the packages come from.
+        let epoch = self.opts.source_date_epoch.or(release_date).unwrap_or(0);
+        timings.insert(
+            "mirror",
+            rep.finish(
+                "mirror",
+                t,
+                format!(
+                    "Release {}…, SOURCE_DATE_EPOCH={epoch}",
+                    &release_sha256[..12]
+                ),
+            ),
+        );
+
+        let spec = rootfs::spec(board, self.recipe, release_sha256, epoch);
+        let t = rep.start(
+            "rootfs",
+            format!(
+                "Debian {} {} with {} packages",
+                spec.suite,
+                spec.arch,
+                spec.packages.len()
+            ),
+        );
+        let (base, cached) = rootfs::ensure(&self.opts.cache, &spec, self.opts.no_cache, rep)?;
+        timings.insert(
+            "rootfs",
+            rep.finish("rootfs", t, if cached { "cached" } else { "built" }),
+        );
+
+        let inputs = report::inputs(self.board_src, self.recipe)
+            .map_err(io_ctx("hashing the build inputs"))?;
+        let build_id = report::build_id(&spec.key(), self.version, epoch, &inputs);
+
+        let work = self.staging.join("work");
+        let tree = work.join("rootfs");
+        let t = rep.start(
+            "customize",
+            "copying the base tree and making it a read-only root",
+        );
+        fs::create_dir_all(&work).map_err(io_ctx("creating the work directory"))?;
+        crate::fsutil::copy_tree(&base, &tree)?;
+        let kernel = boot::take_kernel(&tree, &work.join("boot"))?;
+        let summary = customize::customize(
+            &tree,
+            &customize::Input {
+                board,
+                recipe: self.recipe,
+                version: self.version,
+                build_id: &build_id,
+                epoch,
+            },
+        )?;
+        let debs = crate::sbom::deb_packages(&crate::fsutil::in_root(
+            &tree,
+            &format!("{}/lib/dpkg", customize::system::FACTORY_VAR),
+        ))?;
+        let tree_bytes =
+            crate::fsutil::tree_size(&tree).map_err(io_ctx("measuring the root tree"))?;
+        timings.insert(
+            "customize",
+            rep.finish(
+                "customize",
+                t,
+                format!("{} packages, kernel {}", debs.len(), kernel.version),
+            ),
+        );
+
+        let t = rep.start(
+            "root-image",
+            format!("EROFS ({:?}) + dm-verity", recipe.rootfs.compression),
+        );
+        let root = rootimg::make(
+            &tree,
+            &work,
+            &rootimg::Options {
+                compression: recipe.rootfs.compression,
+                delta_friendly: recipe.rootfs.delta_friendly,
+                epoch,
+                uuid: Guid::derive("edgeimg-rootfs", &build_id),
+                root_slot_mib: board.disk.root_mib,
+                verity_slot_mib: board.disk.verity_mib,
+                board_file: &board_file,
+            },
+            |l| rep.output("root-image", l),
+        )?;
+        fs::remove_dir_all(&tree).map_err(io_ctx("removing the work tree"))?;
+        timings.insert(
+            "root-image",
+            rep.finish(
+                "root-image",
+                t,
+                format!(
+                    "{} MiB, root hash {}…",
+                    root.image_bytes >> 20,
+                    &root.roothash[..16]
+                ),
+            ),
+        );
+
+        let t = rep.start("disk", "ESP, data partition, GPT");
+        let title = format!("{} {}", recipe.image.name, self.version);
+        let cmdlines: BTreeMap<Slot, String> = Slot::ALL
+            .iter()
+            .map(|&s| (s, boot::cmdline(board, s, &root.roothash)))
+            .collect();
+        let esp = boot::esp_image(
+            &work,
+            &boot::EspInput {
+                board,
+                board_file: &board_file,
+                tree: &base,
+                kernel: &kernel,
+                title: &title,
+                cmdline_a: &cmdlines[&Slot::A],
+                epoch,
+            },
+        )?;
+        let data = disk::data_image(&work, board, epoch)?;
+        let table = disk::layout(board);
+        let disk_img = self.staging.join("disk.img");
+        disk::assemble(
+            &disk_img,
+            &table,
+            &[
+                (ESP_LABEL, &esp),
+                (&Slot::A.root_label(), &root.image),
+                (&Slot::A.verity_label(), &root.verity),
+                (DATA_LABEL, &data),
+            ],
+        )?;
+        timings.insert(
+            "disk",
+            rep.finish(
+                "disk",
+                t,
+                format!(
+                    "{} MiB, {} partitions",
+                    table.size_bytes >> 20,
+                    table.partitions.len()
+                ),
+            ),
+        );
+
+        let payload = outputs::payload(
+            self.staging,
+            board,
+            recipe,
+            self.version,
+            &build_id,
+            &root,
+            &kernel,
+            &cmdlines,
+        )
+        .map_err(io_ctx("writing the update payload"))?;
+
+        let t = rep.start("compress", "disk.img.zst and disk.img.bmap");
+        let bmap = outputs::bmap_and_zstd(self.staging, &disk_img, rep)
+            .map_err(io_ctx("compressing the disk image"))?;
+        timings.insert(
+            "compress",
+            rep.finish(
+                "compress",
+                t,
+                format!("{} MiB mapped", bmap.mapped_bytes() >> 20),
+            ),
+        );
+
+        let sbom = crate::sbom::spdx(
+            &crate::sbom::Document {
+                image: &recipe.image.name,
+                version: self.version,
+                board: &board.name,
+                build_id: &build_id,
+                suite: &recipe.debian.suite,
+                created_epoch: epoch,
+            },
+            &debs,
+            &[],
+        );
+        fs::write(
+            self.staging.join("sbom.spdx.json"),
+            serde_json::to_vec_pretty(&sbom).unwrap_or_default(),
+        )
+        .map_err(io_ctx("writing the SBOM"))?;
+        fs::remove_dir_all(&work).map_err(io_ctx("removing the work directory"))?;
+
+        let report = Report::new(report::ReportInput {
+            board,
+            recipe,
+            version: self.version,
+            build_id: &build_id,
+            epoch,
+            inputs,
+            spec: &spec,
+            rootfs_cached: cached,
+            table: &table,
+            root: &root,
+            kernel_version: &kernel.version,
+            cmdlines: &cmdlines,
+            payload: &payload,
+            debs: &debs,
+            customize: &summary,
+            tree_bytes,
+            disk_mapped_bytes: bmap.mapped_bytes(),
+            timings,
+            staging: self.staging,
+        })
+        .map_err(io_ctx("writing the build report"))?;
+        Ok(report)
+    }
+}
+
+/// Hash helper used by report and payload code.
+pub(crate) fn file_digest(path: &Path) -> std::io::Result<(u64, String)> {
+    Ok((path.metadata()?.len(), sha256_file(path)?))
+}

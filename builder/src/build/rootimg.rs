@@ -1,0 +1,138 @@
+//! Root filesystem image (EROFS) and its dm-verity hash tree.
+
+use std::path::{Path, PathBuf};
+
+use crate::config::Compression;
+use crate::fsutil::{sha256_bytes, sha256_file};
+use crate::gpt::Guid;
+use crate::tools::{Cmd, ToolError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum RootImageError {
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    #[error("veritysetup printed no root hash:\n{0}")]
+    NoRootHash(String),
+    #[error("the {what} is {have} MiB but the board's slot holds {slot} MiB ({key} in {board}); raise {key} or remove packages from the recipe")]
+    TooBig {
+        what: &'static str,
+        have: u64,
+        slot: u64,
+        key: &'static str,
+        board: String,
+    },
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct RootImage {
+    pub image: PathBuf,
+    pub verity: PathBuf,
+    /// dm-verity root hash (hex): what the kernel command line pins.
+    pub roothash: String,
+    pub salt: String,
+    pub image_bytes: u64,
+    pub verity_bytes: u64,
+    pub image_sha256: String,
+    pub verity_sha256: String,
+}
+
+pub struct Options<'a> {
+    pub compression: Compression,
+    pub delta_friendly: bool,
+    pub epoch: u64,
+    pub uuid: Guid,
+    pub root_slot_mib: u64,
+    pub verity_slot_mib: u64,
+    pub board_file: &'a str,
+}
+
+pub fn make(
+    tree: &Path,
+    out: &Path,
+    opts: &Options<'_>,
+    mut progress: impl FnMut(&str),
+) -> Result<RootImage, RootImageError> {
+    let image = out.join("root.img");
+    let verity = out.join("root.verity");
+    let mut cmd = Cmd::new("mkfs.erofs");
+    match opts.compression {
+        Compression::None => {}
+        Compression::Lz4 => cmd = cmd.arg("-zlz4"),
+        Compression::Lz4hc => cmd = cmd.arg("-zlz4hc"),
+    }
+    if opts.delta_friendly {
+        // File data block-aligned instead of tails packed into metadata: a small change
+        // then touches few 4 KiB blocks, which keeps block-level deltas small.
+        cmd = cmd.arg("-Enoinline_data");
+    }
+    cmd.arg(format!("-T{}", opts.epoch))
+        .arg(format!("-U{}", opts.uuid.to_string().to_lowercase()))
+        .arg(&image)
+        .arg(tree)
+        .run_streaming(&mut progress)?;
+
+    let image_bytes = image.metadata()?.len();
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    if image_bytes > opts.root_slot_mib << 20 {
+        return Err(RootImageError::TooBig {
+            what: "root filesystem image",
+            have: mib(image_bytes),
+            slot: opts.root_slot_mib,
+            key: "disk.root_mib",
+            board: opts.board_file.into(),
+        });
+    }
+    let image_sha256 = sha256_file(&image)?;
+    // Salt and UUID come from the image content: the same image gives the same tree.
+    let salt = sha256_bytes(format!("edgeimg-verity-salt:{image_sha256}").as_bytes());
+    let vuuid = Guid::derive("edgeimg-verity", &image_sha256);
+    let out_text = Cmd::new("veritysetup")
+        .arg("format")
+        .arg("--data-block-size=4096")
+        .arg("--hash-block-size=4096")
+        .arg("--hash=sha256")
+        .arg(format!("--salt={salt}"))
+        .arg(format!("--uuid={}", vuuid.to_string().to_lowercase()))
+        .arg(&image)
+        .arg(&verity)
+        .run()?;
+    let roothash = out_text
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .map(|h| h.trim().to_string())
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| RootImageError::NoRootHash(out_text.clone()))?;
+    let verity_bytes = verity.metadata()?.len();
+    if verity_bytes > opts.verity_slot_mib << 20 {
+        return Err(RootImageError::TooBig {
+            what: "dm-verity hash tree",
+            have: mib(verity_bytes),
+            slot: opts.verity_slot_mib,
+            key: "disk.verity_mib",
+            board: opts.board_file.into(),
+        });
+    }
+    Ok(RootImage {
+        verity_sha256: sha256_file(&verity)?,
+        image,
+        verity,
+        roothash,
+        salt,
+        image_bytes,
+        verity_bytes,
+        image_sha256,
+    })
+}
+
+/// Check an image against its hash tree with `veritysetup verify` (no device-mapper needed).
+pub fn verify(image: &Path, verity: &Path, roothash: &str) -> Result<(), ToolError> {
+    Cmd::new("veritysetup")
+        .arg("verify")
+        .arg(image)
+        .arg(verity)
+        .arg(roothash)
+        .run()
+        .map(|_| ())
+}
