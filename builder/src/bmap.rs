@@ -76,18 +76,10 @@ impl Bmap {
             }
             pos = hole;
         }
-        let mut bmap = Bmap {
-            image_size: size,
-            block_size: BLOCK,
-            ranges: Vec::with_capacity(extents.len()),
-        };
+        let mut bmap = Bmap { image_size: size, block_size: BLOCK, ranges: Vec::with_capacity(extents.len()) };
         let mut buf = vec![0u8; 4 << 20];
         for (first, last) in extents {
-            let mut r = Range {
-                first,
-                last,
-                sha256: String::new(),
-            };
+            let mut r = Range { first, last, sha256: String::new() };
             let (start, len) = bmap.range_bytes(&r);
             f.seek(SeekFrom::Start(start))?;
             let mut h = Sha256::new();
@@ -119,38 +111,18 @@ impl Bmap {
         s.push_str("     data; the rest are zeros that a writer may skip. Made by edgeimg,\n");
         s.push_str("     readable by bmaptool (bmap-tools). -->\n");
         s.push_str("<bmap version=\"2.0\">\n");
-        s.push_str(&format!(
-            "    <ImageSize> {} </ImageSize>\n",
-            self.image_size
-        ));
-        s.push_str(&format!(
-            "    <BlockSize> {} </BlockSize>\n",
-            self.block_size
-        ));
-        s.push_str(&format!(
-            "    <BlocksCount> {} </BlocksCount>\n",
-            self.blocks_count()
-        ));
-        s.push_str(&format!(
-            "    <MappedBlocksCount> {} </MappedBlocksCount>\n",
-            self.mapped_blocks()
-        ));
+        s.push_str(&format!("    <ImageSize> {} </ImageSize>\n", self.image_size));
+        s.push_str(&format!("    <BlockSize> {} </BlockSize>\n", self.block_size));
+        s.push_str(&format!("    <BlocksCount> {} </BlocksCount>\n", self.blocks_count()));
+        s.push_str(&format!("    <MappedBlocksCount> {} </MappedBlocksCount>\n", self.mapped_blocks()));
         s.push_str("    <ChecksumType> sha256 </ChecksumType>\n");
-        s.push_str(&format!(
-            "    <BmapFileChecksum> {sum} </BmapFileChecksum>\n"
-        ));
+        s.push_str(&format!("    <BmapFileChecksum> {sum} </BmapFileChecksum>\n"));
         s.push_str("    <BlockMap>\n");
         for r in &self.ranges {
             if r.first == r.last {
-                s.push_str(&format!(
-                    "        <Range chksum=\"{}\"> {} </Range>\n",
-                    r.sha256, r.first
-                ));
+                s.push_str(&format!("        <Range chksum=\"{}\"> {} </Range>\n", r.sha256, r.first));
             } else {
-                s.push_str(&format!(
-                    "        <Range chksum=\"{}\"> {}-{} </Range>\n",
-                    r.sha256, r.first, r.last
-                ));
+                s.push_str(&format!("        <Range chksum=\"{}\"> {}-{} </Range>\n", r.sha256, r.first, r.last));
             }
         }
         s.push_str("    </BlockMap>\n</bmap>\n");
@@ -177,20 +149,16 @@ impl Bmap {
             )));
         }
         let num = |name: &str| -> Result<u64, BmapError> {
-            tag(name)
-                .and_then(|v| v.parse().ok())
-                .ok_or_else(|| BmapError::Parse(format!("missing or bad <{name}>")))
+            tag(name).and_then(|v| v.parse().ok()).ok_or_else(|| BmapError::Parse(format!("missing or bad <{name}>")))
         };
         let image_size = num("ImageSize")?;
         let block_size = num("BlockSize")?;
-        if block_size == 0 || block_size % 512 != 0 {
+        if block_size == 0 || !block_size.is_multiple_of(512) {
             return Err(BmapError::Parse(format!("block size {block_size}")));
         }
         let ctype = tag("ChecksumType").unwrap_or_default();
         if ctype != "sha256" {
-            return Err(BmapError::Parse(format!(
-                "checksum type `{ctype}`: only sha256 is supported"
-            )));
+            return Err(BmapError::Parse(format!("checksum type `{ctype}`: only sha256 is supported")));
         }
         if let Some(sum) = tag("BmapFileChecksum") {
             let zeroed = xml.replacen(&sum, &"0".repeat(sum.len()), 1);
@@ -202,9 +170,7 @@ impl Bmap {
         let blocks = image_size.div_ceil(block_size);
         let mut ranges = Vec::new();
         for item in map.split("<Range").skip(1) {
-            let (attrs, rest) = item
-                .split_once('>')
-                .ok_or_else(|| BmapError::Parse("bad <Range>".into()))?;
+            let (attrs, rest) = item.split_once('>').ok_or_else(|| BmapError::Parse("bad <Range>".into()))?;
             let body = rest.split("</Range>").next().unwrap_or("").trim();
             let sha256 = attrs
                 .split("chksum=\"")
@@ -213,33 +179,14 @@ impl Bmap {
                 .ok_or_else(|| BmapError::Parse(format!("range {body} has no chksum")))?
                 .to_string();
             let (a, b) = body.split_once('-').unwrap_or((body, body));
-            let first: u64 = a
-                .trim()
-                .parse()
-                .map_err(|_| BmapError::Parse(format!("bad range `{body}`")))?;
-            let last: u64 = b
-                .trim()
-                .parse()
-                .map_err(|_| BmapError::Parse(format!("bad range `{body}`")))?;
-            if last < first
-                || last >= blocks
-                || ranges.last().is_some_and(|p: &Range| p.last >= first)
-            {
-                return Err(BmapError::Parse(format!(
-                    "range `{body}` is out of order or past the image end"
-                )));
+            let first: u64 = a.trim().parse().map_err(|_| BmapError::Parse(format!("bad range `{body}`")))?;
+            let last: u64 = b.trim().parse().map_err(|_| BmapError::Parse(format!("bad range `{body}`")))?;
+            if last < first || last >= blocks || ranges.last().is_some_and(|p: &Range| p.last >= first) {
+                return Err(BmapError::Parse(format!("range `{body}` is out of order or past the image end")));
             }
-            ranges.push(Range {
-                first,
-                last,
-                sha256,
-            });
+            ranges.push(Range { first, last, sha256 });
         }
-        Ok(Bmap {
-            image_size,
-            block_size,
-            ranges,
-        })
+        Ok(Bmap { image_size, block_size, ranges })
     }
 }
 
@@ -265,13 +212,7 @@ mod tests {
         let p = sparse_file(d.path());
         let b = Bmap::create(&p).unwrap();
         assert_eq!(b.blocks_count(), 11);
-        assert_eq!(
-            b.ranges
-                .iter()
-                .map(|r| (r.first, r.last))
-                .collect::<Vec<_>>(),
-            vec![(1, 2), (10, 10)]
-        );
+        assert_eq!(b.ranges.iter().map(|r| (r.first, r.last)).collect::<Vec<_>>(), vec![(1, 2), (10, 10)]);
         assert_eq!(b.mapped_bytes(), 2 * BLOCK + 100);
         let back = Bmap::parse(&b.to_xml()).unwrap();
         assert_eq!(back, b);
@@ -288,19 +229,13 @@ mod tests {
     #[test]
     fn bmaptool_agrees() {
         if crate::tools::find("bmaptool").is_none() {
-            eprintln!(
-                "bmaptool not installed (apt-get install bmap-tools); independent check skipped"
-            );
+            eprintln!("bmaptool not installed (apt-get install bmap-tools); independent check skipped");
             return;
         }
         let d = tempfile::tempdir().unwrap();
         let p = sparse_file(d.path());
         let ours = Bmap::create(&p).unwrap();
-        let theirs = std::process::Command::new("bmaptool")
-            .arg("create")
-            .arg(&p)
-            .output()
-            .unwrap();
+        let theirs = std::process::Command::new("bmaptool").arg("create").arg(&p).output().unwrap();
         assert!(theirs.status.success());
         let theirs = Bmap::parse(&String::from_utf8_lossy(&theirs.stdout)).unwrap();
         assert_eq!(ours.ranges, theirs.ranges);
@@ -314,14 +249,7 @@ mod tests {
             .arg(d.path().join("copy"))
             .output()
             .unwrap();
-        assert!(
-            st.status.success(),
-            "{}",
-            String::from_utf8_lossy(&st.stderr)
-        );
-        assert_eq!(
-            std::fs::read(&p).unwrap(),
-            std::fs::read(d.path().join("copy")).unwrap()
-        );
+        assert!(st.status.success(), "{}", String::from_utf8_lossy(&st.stderr));
+        assert_eq!(std::fs::read(&p).unwrap(), std::fs::read(d.path().join("copy")).unwrap());
     }
 }

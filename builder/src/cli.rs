@@ -25,6 +25,21 @@ pub struct Cli {
 pub enum Command {
     /// Build a flashable A/B disk image and update payload from a board and a recipe.
     Build(BuildArgs),
+    /// Resolve the recipe's image tags to digests and record them in its lock file.
+    Lock {
+        /// Recipe file; the lock file is written beside it (`<recipe>.lock`).
+        #[arg(long)]
+        recipe: PathBuf,
+        /// Resolve every image again, not only the ones missing from the lock file.
+        #[arg(long)]
+        update: bool,
+        /// Registries reached over plain HTTP (loopback registries always are).
+        #[arg(long = "insecure-registry", value_delimiter = ',', env = "EDGEIMG_INSECURE_REGISTRIES")]
+        insecure_registries: Vec<String>,
+        /// Cache for image blobs.
+        #[arg(long, env = "EDGEIMG_CACHE")]
+        cache_dir: Option<PathBuf>,
+    },
     /// Show what is in a disk image or a build output directory.
     Inspect {
         /// A disk image (disk.img) or a build output directory.
@@ -68,6 +83,13 @@ pub struct BuildArgs {
     /// Keep the partial output of a failed build for inspection.
     #[arg(long)]
     pub keep_failed: bool,
+    /// Registries reached over plain HTTP (loopback registries always are).
+    #[arg(long = "insecure-registry", value_delimiter = ',', env = "EDGEIMG_INSECURE_REGISTRIES")]
+    pub insecure_registries: Vec<String>,
+    /// Device updater binary for the board's architecture (default: next to this program,
+    /// or $EDGEIMG_UPDATER_AMD64 / $EDGEIMG_UPDATER_ARM64).
+    #[arg(long)]
+    pub updater: Option<PathBuf>,
 }
 
 fn default_cache() -> PathBuf {
@@ -91,38 +113,40 @@ pub fn run(cli: Cli) -> Result<()> {
                 source_date_epoch: a.source_date_epoch,
                 no_cache: a.no_cache,
                 keep_failed: a.keep_failed,
+                insecure_registries: a.insecure_registries,
+                updater: a.updater,
             };
             let rep = progress::reporter(cli.json);
             let built = build::build(&opts, rep.as_ref())?;
             if !cli.json {
                 let r = &built.report;
-                println!(
-                    "Built {} {} for {} in {}",
-                    r.image,
-                    r.version,
-                    r.board,
-                    built.dir.display()
-                );
+                println!("Built {} {} for {} in {}", r.image, r.version, r.board, built.dir.display());
                 println!(
                     "  disk image   {}/disk.img ({} MiB, {} MiB compressed)",
                     built.dir.display(),
                     r.disk_size >> 20,
                     r.sizes["disk_zst_bytes"] >> 20
                 );
-                println!(
-                    "  root hash    {}",
-                    r.verity["roothash"].as_str().unwrap_or("")
-                );
-                println!(
-                    "  boot it      tests/qemu-boot {}/disk.img",
-                    built.dir.display()
-                );
+                println!("  root hash    {}", r.verity["roothash"].as_str().unwrap_or(""));
+                println!("  boot it      tests/qemu-boot {}/disk.img", built.dir.display());
+            }
+            Ok(())
+        }
+        Command::Lock { recipe, update, insecure_registries, cache_dir } => {
+            let cache = cache_dir.unwrap_or_else(default_cache);
+            let changes = crate::oci::lock::lock_recipe(&recipe, update, &insecure_registries, &cache)?;
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&changes)?);
+            } else {
+                for c in &changes.entries {
+                    println!("{:<60} {} {}", c.image, c.digest, c.status);
+                }
+                println!("wrote {}", changes.lock_file.display());
             }
             Ok(())
         }
         Command::Inspect { path } => {
-            let info = crate::inspect::inspect(&path)
-                .with_context(|| format!("inspecting {}", path.display()))?;
+            let info = crate::inspect::inspect(&path).with_context(|| format!("inspecting {}", path.display()))?;
             if cli.json {
                 println!("{}", serde_json::to_string_pretty(&info)?);
             } else {
@@ -131,12 +155,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Completions { shell } => {
-            clap_complete::generate(
-                shell,
-                &mut Cli::command(),
-                "edgeimg",
-                &mut std::io::stdout(),
-            );
+            clap_complete::generate(shell, &mut Cli::command(), "edgeimg", &mut std::io::stdout());
             Ok(())
         }
         Command::Man { out } => {

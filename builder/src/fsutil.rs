@@ -32,20 +32,13 @@ pub fn in_root(root: &Path, image_path: &str) -> PathBuf {
 }
 
 /// Write a file inside an image tree, creating parents, with the given mode.
-pub fn write_file(
-    root: &Path,
-    image_path: &str,
-    content: impl AsRef<[u8]>,
-    mode: u32,
-) -> io::Result<()> {
+pub fn write_file(root: &Path, image_path: &str, content: impl AsRef<[u8]>, mode: u32) -> io::Result<()> {
     let p = in_root(root, image_path);
     if let Some(parent) = p.parent() {
         fs::create_dir_all(parent)?;
     }
     // Replace symlinks instead of writing through them (they may point at the host).
-    if p.symlink_metadata()
-        .is_ok_and(|m| m.file_type().is_symlink())
-    {
+    if p.symlink_metadata().is_ok_and(|m| m.file_type().is_symlink()) {
         fs::remove_file(&p)?;
     }
     fs::write(&p, content)?;
@@ -84,10 +77,7 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Write a file atomically: temp file in the same directory, fsync, rename, fsync dir.
 pub fn atomic_write(path: &Path, content: &[u8]) -> io::Result<()> {
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(content)?;
     tmp.as_file().sync_all()?;
@@ -107,24 +97,11 @@ pub fn clamp_mtimes(dir: &Path, epoch: i64) -> io::Result<()> {
             if e.file_type()?.is_dir() {
                 stack.push(e.path());
             }
-            utimensat(
-                nix::fcntl::AT_FDCWD,
-                &e.path(),
-                &ts,
-                &ts,
-                UtimensatFlags::NoFollowSymlink,
-            )
-            .map_err(io::Error::from)?;
+            utimensat(nix::fcntl::AT_FDCWD, &e.path(), &ts, &ts, UtimensatFlags::NoFollowSymlink)
+                .map_err(io::Error::from)?;
         }
     }
-    utimensat(
-        nix::fcntl::AT_FDCWD,
-        dir,
-        &ts,
-        &ts,
-        UtimensatFlags::NoFollowSymlink,
-    )
-    .map_err(io::Error::from)
+    utimensat(nix::fcntl::AT_FDCWD, dir, &ts, &ts, UtimensatFlags::NoFollowSymlink).map_err(io::Error::from)
 }
 
 /// Total apparent size of the regular files under a directory.
@@ -147,10 +124,5 @@ pub fn tree_size(dir: &Path) -> io::Result<u64> {
 
 /// Copy a tree preserving ownership, modes, xattrs, hard links and sparseness.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<(), crate::tools::ToolError> {
-    crate::tools::Cmd::new("cp")
-        .args(["-a", "--reflink=auto", "--sparse=always"])
-        .arg(src)
-        .arg(dst)
-        .run()
-        .map(|_| ())
+    crate::tools::Cmd::new("cp").args(["-a", "--reflink=auto", "--sparse=always"]).arg(src).arg(dst).run().map(|_| ())
 }

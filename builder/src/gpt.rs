@@ -59,15 +59,7 @@ impl Guid {
 impl fmt::Display for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let h = hex::encode_upper(self.0);
-        write!(
-            f,
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        write!(f, "{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
     }
 }
 
@@ -82,9 +74,7 @@ impl FromStr for Guid {
     fn from_str(s: &str) -> Result<Self, String> {
         let hexs: String = s.chars().filter(|c| *c != '-').collect();
         let v = hex::decode(&hexs).map_err(|e| format!("bad GUID {s}: {e}"))?;
-        let b: [u8; 16] = v
-            .try_into()
-            .map_err(|_| format!("bad GUID {s}: need 16 bytes"))?;
+        let b: [u8; 16] = v.try_into().map_err(|_| format!("bad GUID {s}: need 16 bytes"))?;
         Ok(Guid(b))
     }
 }
@@ -150,20 +140,15 @@ impl Table {
     }
 
     fn check(&self) -> Result<(), GptError> {
-        if self.size_bytes % SECTOR != 0 {
-            return Err(GptError::Layout(
-                "disk size is not a multiple of 512".into(),
-            ));
+        if !self.size_bytes.is_multiple_of(SECTOR) {
+            return Err(GptError::Layout("disk size is not a multiple of 512".into()));
         }
         if self.partitions.len() > ENTRY_COUNT as usize {
             return Err(GptError::Layout("more than 128 partitions".into()));
         }
         let mut prev_end = self.first_usable() - 1;
         for p in &self.partitions {
-            if p.first_lba <= prev_end
-                || p.last_lba < p.first_lba
-                || p.last_lba > self.last_usable()
-            {
+            if p.first_lba <= prev_end || p.last_lba < p.first_lba || p.last_lba > self.last_usable() {
                 return Err(GptError::Layout(format!(
                     "partition {} ({}..{}) overlaps or is outside the usable area {}..{}",
                     p.label,
@@ -174,10 +159,7 @@ impl Table {
                 )));
             }
             if p.label.encode_utf16().count() > 36 {
-                return Err(GptError::Layout(format!(
-                    "label {} is longer than 36 UTF-16 units",
-                    p.label
-                )));
+                return Err(GptError::Layout(format!("label {} is longer than 36 UTF-16 units", p.label)));
             }
             prev_end = p.last_lba;
         }
@@ -200,13 +182,7 @@ impl Table {
         buf
     }
 
-    fn header(
-        &self,
-        my_lba: u64,
-        alt_lba: u64,
-        entries_lba: u64,
-        entries_crc: u32,
-    ) -> [u8; SECTOR as usize] {
+    fn header(&self, my_lba: u64, alt_lba: u64, entries_lba: u64, entries_crc: u32) -> [u8; SECTOR as usize] {
         let mut h = [0u8; SECTOR as usize];
         h[0..8].copy_from_slice(b"EFI PART");
         h[8..12].copy_from_slice(&0x0001_0000u32.to_le_bytes());
@@ -262,8 +238,7 @@ impl Table {
         let size_bytes = f.seek(SeekFrom::End(0))?;
         let mut hdr = [0u8; SECTOR as usize];
         f.seek(SeekFrom::Start(SECTOR))?;
-        f.read_exact(&mut hdr)
-            .map_err(|_| GptError::Invalid("file is too small".into()))?;
+        f.read_exact(&mut hdr).map_err(|_| GptError::Invalid("file is too small".into()))?;
         if &hdr[0..8] != b"EFI PART" {
             return Err(GptError::Invalid("no 'EFI PART' signature at LBA 1".into()));
         }
@@ -283,17 +258,13 @@ impl Table {
         let count = u32at(80);
         let esize = u32at(84);
         if esize < 128 || count > 1024 {
-            return Err(GptError::Invalid(format!(
-                "{count} entries of {esize} bytes"
-            )));
+            return Err(GptError::Invalid(format!("{count} entries of {esize} bytes")));
         }
         let mut entries = vec![0u8; (count * esize) as usize];
         f.seek(SeekFrom::Start(entries_lba * SECTOR))?;
         f.read_exact(&mut entries)?;
         if crc32fast::hash(&entries) != u32at(88) {
-            return Err(GptError::Invalid(
-                "partition entry array CRC mismatch".into(),
-            ));
+            return Err(GptError::Invalid("partition entry array CRC mismatch".into()));
         }
         let mut partitions = Vec::new();
         for e in entries.chunks(esize as usize) {
@@ -301,11 +272,8 @@ impl Table {
             if type_guid.is_zero() {
                 continue;
             }
-            let name: Vec<u16> = e[56..128]
-                .chunks(2)
-                .map(|c| u16::from_le_bytes([c[0], c[1]]))
-                .take_while(|&u| u != 0)
-                .collect();
+            let name: Vec<u16> =
+                e[56..128].chunks(2).map(|c| u16::from_le_bytes([c[0], c[1]])).take_while(|&u| u != 0).collect();
             partitions.push(Partition {
                 label: String::from_utf16_lossy(&name),
                 type_guid,
@@ -315,11 +283,7 @@ impl Table {
                 attributes: u64::from_le_bytes(e[48..56].try_into().unwrap_or_default()),
             });
         }
-        Ok(Table {
-            disk_guid: Guid::from_disk(&hdr[56..72]),
-            size_bytes,
-            partitions,
-        })
+        Ok(Table { disk_guid: Guid::from_disk(&hdr[56..72]), size_bytes, partitions })
     }
 }
 
@@ -369,13 +333,7 @@ mod tests {
     fn write_then_read_back() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.img");
-        let mut f = File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&p)
-            .unwrap();
+        let mut f = File::options().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
         f.set_len(8 << 20).unwrap();
         let t = table(8 << 20);
         t.write_to(&mut f).unwrap();
@@ -400,28 +358,14 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("d.img");
-        let mut f = File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&p)
-            .unwrap();
+        let mut f = File::options().create(true).truncate(true).read(true).write(true).open(&p).unwrap();
         f.set_len(8 << 20).unwrap();
         table(8 << 20).write_to(&mut f).unwrap();
         drop(f);
-        let out = std::process::Command::new("sgdisk")
-            .arg("-v")
-            .arg(&p)
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("sgdisk").arg("-v").arg(&p).output().unwrap();
         let s = String::from_utf8_lossy(&out.stdout);
         assert!(s.contains("No problems found"), "{s}");
-        let out = std::process::Command::new("sgdisk")
-            .arg("-i2")
-            .arg(&p)
-            .output()
-            .unwrap();
+        let out = std::process::Command::new("sgdisk").arg("-i2").arg(&p).output().unwrap();
         let s = String::from_utf8_lossy(&out.stdout);
         assert!(s.contains("Partition name: 'data'"), "{s}");
         assert!(s.contains(&Guid::derive("t", "data").to_string()), "{s}");

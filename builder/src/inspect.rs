@@ -66,24 +66,13 @@ fn sniff(f: &mut File, offset: u64) -> Result<String> {
 fn parse_entry(file: &str, text: &str) -> BootEntry {
     let field = |k: &str| {
         text.lines()
-            .find_map(|l| {
-                l.strip_prefix(k)
-                    .filter(|r| r.starts_with([' ', '\t']))
-                    .map(|r| r.trim().to_string())
-            })
+            .find_map(|l| l.strip_prefix(k).filter(|r| r.starts_with([' ', '\t'])).map(|r| r.trim().to_string()))
             .unwrap_or_default()
     };
     let options = field("options");
-    let arg = |k: &str| {
-        options
-            .split_whitespace()
-            .find_map(|a| a.strip_prefix(k))
-            .map(String::from)
-    };
+    let arg = |k: &str| options.split_whitespace().find_map(|a| a.strip_prefix(k)).map(String::from);
     let stem = file.trim_end_matches(".conf");
-    let tries_left = stem
-        .rsplit_once('+')
-        .and_then(|(_, c)| c.split('-').next()?.parse().ok());
+    let tries_left = stem.rsplit_once('+').and_then(|(_, c)| c.split('-').next()?.parse().ok());
     BootEntry {
         file: file.into(),
         title: field("title"),
@@ -96,21 +85,13 @@ fn parse_entry(file: &str, text: &str) -> BootEntry {
 
 fn boot_entries(disk: &Path, esp_offset: u64) -> Vec<BootEntry> {
     let img = format!("{}@@{esp_offset}", disk.display());
-    let Ok(listing) = Cmd::new("mdir")
-        .args(["-b", "-i"])
-        .arg(&img)
-        .arg("::/loader/entries")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .run()
+    let Ok(listing) =
+        Cmd::new("mdir").args(["-b", "-i"]).arg(&img).arg("::/loader/entries").env("MTOOLS_SKIP_CHECK", "1").run()
     else {
         return Vec::new();
     };
     let mut out = Vec::new();
-    for path in listing
-        .lines()
-        .map(str::trim)
-        .filter(|l| l.ends_with(".conf"))
-    {
+    for path in listing.lines().map(str::trim).filter(|l| l.ends_with(".conf")) {
         let name = path.rsplit('/').next().unwrap_or(path);
         if let Ok(text) = Cmd::new("mtype")
             .arg("-i")
@@ -128,16 +109,14 @@ fn boot_entries(disk: &Path, esp_offset: u64) -> Vec<BootEntry> {
 
 pub fn inspect(path: &Path) -> Result<Info> {
     let (disk, report) = if path.is_dir() {
-        let r = std::fs::read(path.join("report.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice(&b).ok());
+        let r = std::fs::read(path.join("report.json")).ok().and_then(|b| serde_json::from_slice(&b).ok());
         (path.join("disk.img"), r)
     } else {
         (path.to_path_buf(), None)
     };
     let mut f = File::open(&disk).with_context(|| format!("opening {}", disk.display()))?;
-    let table = Table::read_from(&mut f)
-        .with_context(|| format!("reading the partition table of {}", disk.display()))?;
+    let table =
+        Table::read_from(&mut f).with_context(|| format!("reading the partition table of {}", disk.display()))?;
     let mut partitions = Vec::new();
     for p in &table.partitions {
         partitions.push(PartitionInfo {
@@ -155,27 +134,12 @@ pub fn inspect(path: &Path) -> Result<Info> {
         .find(|p| p.label == edgeimg_proto::slot::ESP_LABEL)
         .map(|p| boot_entries(&disk, p.offset()))
         .unwrap_or_default();
-    Ok(Info {
-        disk,
-        size: table.size_bytes,
-        disk_guid: table.disk_guid.to_string(),
-        partitions,
-        boot_entries,
-        report,
-    })
+    Ok(Info { disk, size: table.size_bytes, disk_guid: table.disk_guid.to_string(), partitions, boot_entries, report })
 }
 
 pub fn render(i: &Info) -> String {
-    let mut s = format!(
-        "{}: {} MiB, GPT disk {}\n\n",
-        i.disk.display(),
-        i.size >> 20,
-        i.disk_guid
-    );
-    s.push_str(&format!(
-        "{:<10} {:>10} {:>9}  {:<22} {}\n",
-        "partition", "offset", "MiB", "content", "PARTUUID"
-    ));
+    let mut s = format!("{}: {} MiB, GPT disk {}\n\n", i.disk.display(), i.size >> 20, i.disk_guid);
+    s.push_str(&format!("{:<10} {:>10} {:>9}  {:<22} {}\n", "partition", "offset", "MiB", "content", "PARTUUID"));
     for p in &i.partitions {
         s.push_str(&format!(
             "{:<10} {:>10} {:>9}  {:<22} {}\n",
@@ -202,10 +166,7 @@ pub fn render(i: &Info) -> String {
             e.slot.as_deref().unwrap_or("?"),
             e.version,
             state,
-            e.roothash
-                .as_deref()
-                .map(|h| &h[..16.min(h.len())])
-                .unwrap_or("-")
+            e.roothash.as_deref().map(|h| &h[..16.min(h.len())]).unwrap_or("-")
         ));
     }
     if let Some(r) = &i.report {

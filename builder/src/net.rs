@@ -9,10 +9,7 @@ pub enum NetError {
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("reading {path}: {source}")]
-    File {
-        path: String,
-        source: std::io::Error,
-    },
+    File { path: String, source: std::io::Error },
 }
 
 /// Full error chain of a reqwest error (its Display alone hides the cause).
@@ -48,28 +45,13 @@ pub fn runtime() -> tokio::runtime::Runtime {
 /// GET a small document (or read it, for file:// URLs).
 pub async fn get_bytes(client: &reqwest::Client, url: &str) -> Result<Vec<u8>, NetError> {
     if let Some(path) = url.strip_prefix("file://") {
-        return std::fs::read(path).map_err(|source| NetError::File {
-            path: path.to_string(),
-            source,
-        });
+        return std::fs::read(path).map_err(|source| NetError::File { path: path.to_string(), source });
     }
-    let resp = client
-        .get(url)
-        .send()
-        .await
-        .map_err(|e| NetError::Unreachable {
-            url: url.to_string(),
-            reason: chain(&e),
-        })?;
+    let resp =
+        client.get(url).send().await.map_err(|e| NetError::Unreachable { url: url.to_string(), reason: chain(&e) })?;
     if !resp.status().is_success() {
-        return Err(NetError::Status {
-            url: url.to_string(),
-            status: resp.status().as_u16(),
-        });
+        return Err(NetError::Status { url: url.to_string(), status: resp.status().as_u16() });
     }
-    let b = resp.bytes().await.map_err(|e| NetError::Unreachable {
-        url: url.to_string(),
-        reason: chain(&e),
-    })?;
+    let b = resp.bytes().await.map_err(|e| NetError::Unreachable { url: url.to_string(), reason: chain(&e) })?;
     Ok(b.to_vec())
 }

@@ -54,38 +54,22 @@ pub trait Reporter: Send + Sync {
 /// Helpers that keep call sites short.
 pub trait ReporterExt: Reporter {
     fn start(&self, step: &str, message: impl Into<String>) -> Instant {
-        self.event(Event::Start {
-            step: step.into(),
-            message: message.into(),
-        });
+        self.event(Event::Start { step: step.into(), message: message.into() });
         Instant::now()
     }
     fn finish(&self, step: &str, started: Instant, detail: impl Into<String>) -> f64 {
         let seconds = started.elapsed().as_secs_f64();
-        self.event(Event::Finish {
-            step: step.into(),
-            seconds,
-            detail: detail.into(),
-        });
+        self.event(Event::Finish { step: step.into(), seconds, detail: detail.into() });
         seconds
     }
     fn progress(&self, step: &str, done: u64, total: Option<u64>) {
-        self.event(Event::Progress {
-            step: step.into(),
-            done,
-            total,
-        });
+        self.event(Event::Progress { step: step.into(), done, total });
     }
     fn output(&self, step: &str, line: &str) {
-        self.event(Event::Output {
-            step: step.into(),
-            line: line.into(),
-        });
+        self.event(Event::Output { step: step.into(), line: line.into() });
     }
     fn warn(&self, message: impl Into<String>) {
-        self.event(Event::Warning {
-            message: message.into(),
-        });
+        self.event(Event::Warning { message: message.into() });
     }
 }
 impl<T: Reporter + ?Sized> ReporterExt for T {}
@@ -112,15 +96,13 @@ impl Reporter for LogReporter {
     fn event(&self, e: Event) {
         match e {
             Event::Start { step, message } => tracing::info!(step, "{message}"),
-            Event::Finish {
-                step,
-                seconds,
-                detail,
-            } => tracing::info!(step, seconds = format!("{seconds:.1}"), "done {detail}"),
+            Event::Finish { step, seconds, detail } => {
+                tracing::info!(step, seconds = format!("{seconds:.1}"), "done {detail}")
+            }
             Event::Output { step, line } => tracing::debug!(step, "{line}"),
             Event::Warning { message } => tracing::warn!("{message}"),
-            Event::Failed { error } => tracing::error!("{error}"),
-            Event::Progress { .. } | Event::Done { .. } => {}
+            // The caller prints the error itself.
+            Event::Failed { .. } | Event::Progress { .. } | Event::Done { .. } => {}
         }
     }
 }
@@ -133,10 +115,7 @@ pub struct TerminalReporter {
 
 impl Default for TerminalReporter {
     fn default() -> Self {
-        Self {
-            multi: MultiProgress::new(),
-            bars: Mutex::new(HashMap::new()),
-        }
+        Self { multi: MultiProgress::new(), bars: Mutex::new(HashMap::new()) }
     }
 }
 
@@ -184,18 +163,12 @@ impl Reporter for TerminalReporter {
                     pb.set_message(l);
                 }
             }
-            Event::Finish {
-                step,
-                seconds,
-                detail,
-            } => {
+            Event::Finish { step, seconds, detail } => {
                 if let Some(pb) = bars.remove(&step) {
                     pb.finish_and_clear();
                     self.multi.remove(&pb);
                 }
-                let _ = self
-                    .multi
-                    .println(format!("  \u{2714} {step:<12} {seconds:>6.1}s  {detail}"));
+                let _ = self.multi.println(format!("  \u{2714} {step:<12} {seconds:>6.1}s  {detail}"));
             }
             Event::Warning { message } => {
                 let _ = self.multi.println(format!("  ! {message}"));

@@ -74,10 +74,7 @@ fn spdx_id(prefix: &str, name: &str) -> String {
 }
 
 fn pct(s: &str) -> String {
-    s.replace('%', "%25")
-        .replace('+', "%2B")
-        .replace(':', "%3A")
-        .replace('~', "%7E")
+    s.replace('%', "%25").replace('+', "%2B").replace(':', "%3A").replace('~', "%7E")
 }
 
 pub struct Document<'a> {
@@ -115,13 +112,7 @@ pub fn spdx(doc: &Document<'_>, debs: &[DebPackage], extra: &[Component]) -> Val
     })];
     for p in debs {
         let id = spdx_id("deb", &format!("{}-{}", p.name, p.arch));
-        let mut purl = format!(
-            "pkg:deb/debian/{}@{}?arch={}&distro={}",
-            p.name,
-            pct(&p.version),
-            p.arch,
-            doc.suite
-        );
+        let mut purl = format!("pkg:deb/debian/{}@{}?arch={}&distro={}", p.name, pct(&p.version), p.arch, doc.suite);
         if !p.source.is_empty() && p.source != p.name {
             purl.push_str(&format!("&upstream={}", pct(&p.source)));
         }
@@ -186,28 +177,14 @@ mod tests {
             maintainer: "Debian GCC Maintainers <x@y>".into(),
             installed_kib: 1,
         }];
-        let d = Document {
-            image: "m",
-            version: "1.0.0",
-            board: "b",
-            build_id: "id",
-            suite: "trixie",
-            created_epoch: 0,
-        };
+        let d =
+            Document { image: "m", version: "1.0.0", board: "b", build_id: "id", suite: "trixie", created_epoch: 0 };
         let v = spdx(&d, &debs, &[]);
         assert_eq!(v["spdxVersion"], "SPDX-2.3");
         assert_eq!(v["creationInfo"]["created"], "1970-01-01T00:00:00Z");
-        assert_eq!(
-            v["packages"][1]["SPDXID"],
-            "SPDXRef-deb-libstdcplusplus6-amd64"
-        );
-        let purl = v["packages"][1]["externalRefs"][0]["referenceLocator"]
-            .as_str()
-            .unwrap();
-        assert_eq!(
-            purl,
-            "pkg:deb/debian/libstdc++6@14.2.0-19?arch=amd64&distro=trixie&upstream=gcc-14"
-        );
+        assert_eq!(v["packages"][1]["SPDXID"], "SPDXRef-deb-libstdcplusplus6-amd64");
+        let purl = v["packages"][1]["externalRefs"][0]["referenceLocator"].as_str().unwrap();
+        assert_eq!(purl, "pkg:deb/debian/libstdc++6@14.2.0-19?arch=amd64&distro=trixie&upstream=gcc-14");
         assert_eq!(v["relationships"].as_array().unwrap().len(), 2);
     }
 }

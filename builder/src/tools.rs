@@ -12,42 +12,15 @@ pub struct Tool {
     pub package: &'static str,
 }
 
-pub const MMDEBSTRAP: Tool = Tool {
-    bin: "mmdebstrap",
-    package: "mmdebstrap",
-};
-pub const MKFS_EROFS: Tool = Tool {
-    bin: "mkfs.erofs",
-    package: "erofs-utils",
-};
-pub const VERITYSETUP: Tool = Tool {
-    bin: "veritysetup",
-    package: "cryptsetup-bin",
-};
-pub const MKFS_VFAT: Tool = Tool {
-    bin: "mkfs.vfat",
-    package: "dosfstools",
-};
-pub const MCOPY: Tool = Tool {
-    bin: "mcopy",
-    package: "mtools",
-};
-pub const MMD: Tool = Tool {
-    bin: "mmd",
-    package: "mtools",
-};
-pub const MKFS_EXT4: Tool = Tool {
-    bin: "mkfs.ext4",
-    package: "e2fsprogs",
-};
-pub const DPKG_QUERY: Tool = Tool {
-    bin: "dpkg-query",
-    package: "dpkg",
-};
-pub const SYSTEMCTL: Tool = Tool {
-    bin: "systemctl",
-    package: "systemd",
-};
+pub const MMDEBSTRAP: Tool = Tool { bin: "mmdebstrap", package: "mmdebstrap" };
+pub const MKFS_EROFS: Tool = Tool { bin: "mkfs.erofs", package: "erofs-utils" };
+pub const VERITYSETUP: Tool = Tool { bin: "veritysetup", package: "cryptsetup-bin" };
+pub const MKFS_VFAT: Tool = Tool { bin: "mkfs.vfat", package: "dosfstools" };
+pub const MCOPY: Tool = Tool { bin: "mcopy", package: "mtools" };
+pub const MMD: Tool = Tool { bin: "mmd", package: "mtools" };
+pub const MKFS_EXT4: Tool = Tool { bin: "mkfs.ext4", package: "e2fsprogs" };
+pub const DPKG_QUERY: Tool = Tool { bin: "dpkg-query", package: "dpkg" };
+pub const SYSTEMCTL: Tool = Tool { bin: "systemctl", package: "systemd" };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
@@ -56,11 +29,7 @@ pub enum ToolError {
     #[error("could not start `{cmd}`: {source}")]
     Spawn { cmd: String, source: std::io::Error },
     #[error("`{cmd}` failed ({status}):\n{output}")]
-    Failed {
-        cmd: String,
-        status: String,
-        output: String,
-    },
+    Failed { cmd: String, status: String, output: String },
 }
 
 fn packages(tools: &[Tool]) -> String {
@@ -77,9 +46,7 @@ const EXTRA_DIRS: [&str; 4] = ["/usr/local/sbin", "/usr/sbin", "/sbin", "/usr/bi
 /// pinning tool versions); otherwise $PATH and the sbin directories.
 pub fn find(bin: &str) -> Option<PathBuf> {
     if let Some(only) = std::env::var_os("EDGEIMG_TOOL_PATH") {
-        return std::env::split_paths(&only)
-            .map(|d| d.join(bin))
-            .find(|p| is_executable(p));
+        return std::env::split_paths(&only).map(|d| d.join(bin)).find(|p| is_executable(p));
     }
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)
@@ -90,18 +57,12 @@ pub fn find(bin: &str) -> Option<PathBuf> {
 
 fn is_executable(p: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    p.metadata()
-        .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-        .unwrap_or(false)
+    p.metadata().map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0).unwrap_or(false)
 }
 
 /// Fail with one error listing every missing tool and the apt packages that provide them.
 pub fn require(tools: &[Tool]) -> Result<(), ToolError> {
-    let missing: Vec<Tool> = tools
-        .iter()
-        .copied()
-        .filter(|t| find(t.bin).is_none())
-        .collect();
+    let missing: Vec<Tool> = tools.iter().copied().filter(|t| find(t.bin).is_none()).collect();
     if missing.is_empty() {
         Ok(())
     } else {
@@ -111,13 +72,8 @@ pub fn require(tools: &[Tool]) -> Result<(), ToolError> {
 
 /// Version of the Debian package that provides a tool, for the build report.
 pub fn package_version(package: &str) -> Option<String> {
-    let out = Command::new("dpkg-query")
-        .args(["-W", "-f", "${Version}", package])
-        .output()
-        .ok()?;
-    out.status
-        .success()
-        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+    let out = Command::new("dpkg-query").args(["-W", "-f", "${Version}", package]).output().ok()?;
+    out.status.success().then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
 }
 
 /// A command line being assembled; `run` executes it and turns failure into a readable error.
@@ -132,12 +88,7 @@ impl Cmd {
     pub fn new(program: impl AsRef<OsStr>) -> Self {
         let p = program.as_ref();
         let resolved = p.to_str().and_then(find).map(PathBuf::into_os_string);
-        Self {
-            program: resolved.unwrap_or_else(|| p.to_os_string()),
-            args: Vec::new(),
-            envs: Vec::new(),
-            cwd: None,
-        }
+        Self { program: resolved.unwrap_or_else(|| p.to_os_string()), args: Vec::new(), envs: Vec::new(), cwd: None }
     }
 
     pub fn arg(mut self, a: impl AsRef<OsStr>) -> Self {
@@ -150,14 +101,12 @@ impl Cmd {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
-        self.args
-            .extend(it.into_iter().map(|a| a.as_ref().to_os_string()));
+        self.args.extend(it.into_iter().map(|a| a.as_ref().to_os_string()));
         self
     }
 
     pub fn env(mut self, k: impl AsRef<OsStr>, v: impl AsRef<OsStr>) -> Self {
-        self.envs
-            .push((k.as_ref().to_os_string(), v.as_ref().to_os_string()));
+        self.envs.push((k.as_ref().to_os_string(), v.as_ref().to_os_string()));
         self
     }
 
@@ -200,21 +149,14 @@ impl Cmd {
             .command()
             .stdin(Stdio::null())
             .output()
-            .map_err(|source| ToolError::Spawn {
-                cmd: self.display(),
-                source,
-            })?;
+            .map_err(|source| ToolError::Spawn { cmd: self.display(), source })?;
         let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
         if out.status.success() {
             Ok(stdout)
         } else {
             let mut all = stdout;
             all.push_str(&String::from_utf8_lossy(&out.stderr));
-            Err(ToolError::Failed {
-                cmd: self.display(),
-                status: out.status.to_string(),
-                output: tail(&all, 40),
-            })
+            Err(ToolError::Failed { cmd: self.display(), status: out.status.to_string(), output: tail(&all, 40) })
         }
     }
 
@@ -223,20 +165,11 @@ impl Cmd {
     pub fn run_streaming(&self, mut on_line: impl FnMut(&str)) -> Result<(), ToolError> {
         use std::io::{BufRead, BufReader};
         tracing::debug!(cmd = %self.display(), "run");
-        let (reader, writer) = std::io::pipe().map_err(|source| ToolError::Spawn {
-            cmd: self.display(),
-            source,
-        })?;
-        let writer2 = writer.try_clone().map_err(|source| ToolError::Spawn {
-            cmd: self.display(),
-            source,
-        })?;
+        let (reader, writer) = std::io::pipe().map_err(|source| ToolError::Spawn { cmd: self.display(), source })?;
+        let writer2 = writer.try_clone().map_err(|source| ToolError::Spawn { cmd: self.display(), source })?;
         let mut cmd = self.command();
         cmd.stdin(Stdio::null()).stdout(writer).stderr(writer2);
-        let mut child = cmd.spawn().map_err(|source| ToolError::Spawn {
-            cmd: self.display(),
-            source,
-        })?;
+        let mut child = cmd.spawn().map_err(|source| ToolError::Spawn { cmd: self.display(), source })?;
         drop(cmd);
         let mut last: std::collections::VecDeque<String> = std::collections::VecDeque::new();
         for line in BufReader::new(reader).lines() {
@@ -247,10 +180,7 @@ impl Cmd {
             }
             last.push_back(line);
         }
-        let status = child.wait().map_err(|source| ToolError::Spawn {
-            cmd: self.display(),
-            source,
-        })?;
+        let status = child.wait().map_err(|source| ToolError::Spawn { cmd: self.display(), source })?;
         if status.success() {
             Ok(())
         } else {
@@ -274,10 +204,7 @@ mod tests {
 
     #[test]
     fn missing_tool_names_package() {
-        let t = Tool {
-            bin: "definitely-not-a-tool-edgeimg",
-            package: "edgeimg-fake-pkg",
-        };
+        let t = Tool { bin: "definitely-not-a-tool-edgeimg", package: "edgeimg-fake-pkg" };
         let e = require(&[t, MKFS_EXT4]).unwrap_err().to_string();
         assert!(e.contains("definitely-not-a-tool-edgeimg"), "{e}");
         assert!(e.contains("apt-get install -y edgeimg-fake-pkg"), "{e}");
@@ -285,21 +212,14 @@ mod tests {
 
     #[test]
     fn failure_carries_output() {
-        let e = Cmd::new("sh")
-            .args(["-c", "echo oops >&2; exit 3"])
-            .run()
-            .unwrap_err()
-            .to_string();
+        let e = Cmd::new("sh").args(["-c", "echo oops >&2; exit 3"]).run().unwrap_err().to_string();
         assert!(e.contains("oops") && e.contains("exit status: 3"), "{e}");
     }
 
     #[test]
     fn streaming_sees_lines() {
         let mut seen = Vec::new();
-        Cmd::new("sh")
-            .args(["-c", "echo a; echo b >&2"])
-            .run_streaming(|l| seen.push(l.to_string()))
-            .unwrap();
+        Cmd::new("sh").args(["-c", "echo a; echo b >&2"]).run_streaming(|l| seen.push(l.to_string())).unwrap();
         seen.sort();
         assert_eq!(seen, ["a", "b"]);
     }

@@ -41,22 +41,13 @@ pub fn take_kernel(tree: &Path, dest: &Path) -> Result<KernelFiles, BootError> {
     let boot = in_root(tree, "/boot");
     let mut versions: Vec<String> = fs::read_dir(&boot)?
         .flatten()
-        .filter_map(|e| {
-            e.file_name()
-                .to_str()?
-                .strip_prefix("vmlinuz-")
-                .map(String::from)
-        })
+        .filter_map(|e| e.file_name().to_str()?.strip_prefix("vmlinuz-").map(String::from))
         .collect();
     versions.sort();
-    let version = versions
-        .pop()
-        .ok_or_else(|| BootError::Missing("/boot/vmlinuz-*".into()))?;
+    let version = versions.pop().ok_or_else(|| BootError::Missing("/boot/vmlinuz-*".into()))?;
     let initrd_src = boot.join(format!("initrd.img-{version}"));
     if !initrd_src.exists() {
-        return Err(BootError::Missing(format!(
-            "/boot/initrd.img-{version} (dracut did not run?)"
-        )));
+        return Err(BootError::Missing(format!("/boot/initrd.img-{version} (dracut did not run?)")));
     }
     fs::create_dir_all(dest)?;
     let kernel = dest.join("linux");
@@ -72,11 +63,7 @@ pub fn take_kernel(tree: &Path, dest: &Path) -> Result<KernelFiles, BootError> {
             fs::remove_file(p)?;
         }
     }
-    Ok(KernelFiles {
-        kernel,
-        initrd,
-        version,
-    })
+    Ok(KernelFiles { kernel, initrd, version })
 }
 
 /// Stable partition GUIDs: the same for every release of a board, so that a release built
@@ -87,12 +74,8 @@ pub fn partition_guid(board: &str, label: &str) -> Guid {
 
 /// The command line that boots `slot` with the root image whose verity root hash is given.
 pub fn cmdline(board: &Board, slot: Slot, roothash: &str) -> String {
-    let data = partition_guid(&board.name, &slot.root_label())
-        .to_string()
-        .to_lowercase();
-    let hash = partition_guid(&board.name, &slot.verity_label())
-        .to_string()
-        .to_lowercase();
+    let data = partition_guid(&board.name, &slot.root_label()).to_string().to_lowercase();
+    let hash = partition_guid(&board.name, &slot.verity_label()).to_string().to_lowercase();
     let mut args = vec![
         "ro".to_string(),
         "rootfstype=erofs".into(),
@@ -152,26 +135,14 @@ pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError>
     let (loader, fallback) = efi_names(input.board.arch);
     let loader_src = in_root(input.tree, &format!("/usr/lib/systemd/boot/efi/{loader}"));
     if !loader_src.exists() {
-        return Err(BootError::Missing(format!(
-            "/usr/lib/systemd/boot/efi/{loader} (package systemd-boot-efi)"
-        )));
+        return Err(BootError::Missing(format!("/usr/lib/systemd/boot/efi/{loader} (package systemd-boot-efi)")));
     }
     let staging = out.join("esp-staging");
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)?;
     let loader_bytes = fs::read(&loader_src)?;
-    write_file(
-        &staging,
-        &format!("/EFI/BOOT/{fallback}"),
-        &loader_bytes,
-        0o644,
-    )?;
-    write_file(
-        &staging,
-        &format!("/EFI/systemd/{loader}"),
-        &loader_bytes,
-        0o644,
-    )?;
+    write_file(&staging, &format!("/EFI/BOOT/{fallback}"), &loader_bytes, 0o644)?;
+    write_file(&staging, &format!("/EFI/systemd/{loader}"), &loader_bytes, 0o644)?;
     write_file(
         &staging,
         "/loader/loader.conf",
@@ -196,23 +167,14 @@ pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError>
     )?;
     let dir = Slot::A.boot_dir();
     fs::create_dir_all(in_root(&staging, &dir))?;
-    fs::copy(
-        &input.kernel.kernel,
-        in_root(&staging, &format!("{dir}/linux")),
-    )?;
-    fs::copy(
-        &input.kernel.initrd,
-        in_root(&staging, &format!("{dir}/initrd")),
-    )?;
+    fs::copy(&input.kernel.kernel, in_root(&staging, &format!("{dir}/linux")))?;
+    fs::copy(&input.kernel.initrd, in_root(&staging, &format!("{dir}/initrd")))?;
     fs::create_dir_all(in_root(&staging, &Slot::B.boot_dir()))?;
     clamp_mtimes(&staging, input.epoch as i64)?;
 
     // Two kernels + initrds must fit, plus 10% slack for FAT overhead.
     let used = crate::fsutil::tree_size(&staging)?;
-    let need = (used
-        + 2 * (input.kernel.kernel.metadata()?.len() + input.kernel.initrd.metadata()?.len()))
-        * 11
-        / 10;
+    let need = (used + 2 * (input.kernel.kernel.metadata()?.len() + input.kernel.initrd.metadata()?.len())) * 11 / 10;
     let have = input.board.disk.esp_mib << 20;
     if need > have {
         return Err(BootError::TooBig {
@@ -225,10 +187,7 @@ pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError>
     let img = out.join("esp.img");
     let _ = fs::remove_file(&img);
     fs::File::create(&img)?.set_len(have)?;
-    Cmd::new("mkfs.vfat")
-        .args(["-F", "32", "-n", "ESP", "--invariant"])
-        .arg(&img)
-        .run()?;
+    Cmd::new("mkfs.vfat").args(["-F", "32", "-n", "ESP", "--invariant"]).arg(&img).run()?;
     mcopy_tree(&img, &staging, input.epoch)?;
     fs::remove_dir_all(&staging)?;
     Ok(img)
@@ -253,19 +212,13 @@ pub fn mcopy_tree(img: &Path, staging: &Path, epoch: u64) -> Result<(), BootErro
         }
     }
     dirs.sort();
-    let env = |c: Cmd| {
-        c.env("SOURCE_DATE_EPOCH", epoch.to_string())
-            .env("MTOOLS_SKIP_CHECK", "1")
-    };
+    let env = |c: Cmd| c.env("SOURCE_DATE_EPOCH", epoch.to_string()).env("MTOOLS_SKIP_CHECK", "1");
     if !dirs.is_empty() {
         env(Cmd::new("mmd").arg("-i").arg(img)).args(&dirs).run()?;
     }
     files.sort();
     for (src, dst) in files {
-        env(Cmd::new("mcopy").args(["-m", "-o", "-i"]).arg(img))
-            .arg(&src)
-            .arg(&dst)
-            .run()?;
+        env(Cmd::new("mcopy").args(["-m", "-o", "-i"]).arg(img)).arg(&src).arg(&dst).run()?;
     }
     Ok(())
 }

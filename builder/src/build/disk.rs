@@ -25,12 +25,7 @@ pub enum DiskError {
     #[error(transparent)]
     Tool(#[from] ToolError),
     #[error("{what} image is {have} bytes, larger than its {part} partition ({size} bytes)")]
-    TooBig {
-        what: String,
-        part: String,
-        have: u64,
-        size: u64,
-    },
+    TooBig { what: String, part: String, have: u64, size: u64 },
 }
 
 /// The partition table of a board's disk image. Partition GUIDs are fixed per board.
@@ -66,31 +61,23 @@ pub fn layout(board: &Board) -> Table {
     }
 }
 
-/// The data partition as shipped: an empty ext4 with the directories the OS expects.
+/// The data partition as shipped: an empty ext4. The initrd creates what the root needs
+/// on it (`etc/`, `var/`), so a wiped data partition boots the same way. (Populating it
+/// with `mkfs.ext4 -d` would not be reproducible: e2fsprogs 1.47.0 copies each source
+/// directory's real ctime.)
 pub fn data_image(out: &Path, board: &Board, epoch: u64) -> Result<PathBuf, DiskError> {
-    let staging = out.join("data-staging");
-    let _ = fs::remove_dir_all(&staging);
-    for d in ["etc", "var"] {
-        fs::create_dir_all(staging.join(d))?;
-    }
-    crate::fsutil::clamp_mtimes(&staging, epoch as i64)?;
     let img = out.join("data.img");
     let _ = fs::remove_file(&img);
     File::create(&img)?.set_len(board.disk.data_mib * MIB)?;
-    let uuid = Guid::derive("edgeimg-data-fs", &board.name)
-        .to_string()
-        .to_lowercase();
+    let uuid = Guid::derive("edgeimg-data-fs", &board.name).to_string().to_lowercase();
     Cmd::new("mkfs.ext4")
         .args(["-q", "-F", "-L", DATA_LABEL, "-m", "1", "-U"])
         .arg(&uuid)
         .arg("-E")
         .arg(format!("hash_seed={uuid},root_owner=0:0"))
-        .arg("-d")
-        .arg(&staging)
         .arg(&img)
         .env("E2FSPROGS_FAKE_TIME", epoch.to_string())
         .run()?;
-    fs::remove_dir_all(&staging)?;
     Ok(img)
 }
 
@@ -143,11 +130,7 @@ pub fn copy_sparse(src: &Path, dst: &mut File, offset: u64) -> std::io::Result<u
 /// Assemble the disk image: GPT plus each partition's image at its offset.
 pub fn assemble(path: &Path, table: &Table, contents: &[(&str, &Path)]) -> Result<(), DiskError> {
     let _ = fs::remove_file(path);
-    let mut f = File::options()
-        .create_new(true)
-        .read(true)
-        .write(true)
-        .open(path)?;
+    let mut f = File::options().create_new(true).read(true).write(true).open(path)?;
     f.set_len(table.size_bytes)?;
     table.write_to(&mut f)?;
     for (label, img) in contents {
@@ -184,22 +167,13 @@ mod tests {
         data[5 * 4096..].fill(9);
         fs::write(&src, &data).unwrap();
         let dst = d.path().join("dst");
-        let mut f = File::options()
-            .create(true)
-            .truncate(true)
-            .read(true)
-            .write(true)
-            .open(&dst)
-            .unwrap();
+        let mut f = File::options().create(true).truncate(true).read(true).write(true).open(&dst).unwrap();
         f.set_len(1 << 20).unwrap();
         let written = copy_sparse(&src, &mut f, 8192).unwrap();
         assert_eq!(written, 4096 + 10);
         let all = fs::read(&dst).unwrap();
         assert_eq!(&all[8192..8192 + data.len()], &data[..]);
         use std::os::unix::fs::MetadataExt;
-        assert!(
-            f.metadata().unwrap().blocks() * 512 < 64 * 1024,
-            "holes stay holes"
-        );
+        assert!(f.metadata().unwrap().blocks() * 512 < 64 * 1024, "holes stay holes");
     }
 }

@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod customize;
 pub mod disk;
+pub mod k3s;
 mod outputs;
 pub mod report;
 pub mod rootfs;
@@ -39,6 +40,10 @@ pub struct BuildOptions {
     pub no_cache: bool,
     /// Keep the staging directory of a failed build for inspection.
     pub keep_failed: bool,
+    /// Registries reached over plain HTTP (loopback ones always are).
+    pub insecure_registries: Vec<String>,
+    /// The device updater binary for the board's architecture (default: `find_updater`).
+    pub updater: Option<PathBuf>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -60,10 +65,47 @@ pub enum BuildError {
     #[error(transparent)]
     Disk(#[from] disk::DiskError),
     #[error("{what}: {source}")]
-    Io {
-        what: String,
-        source: std::io::Error,
-    },
+    Io { what: String, source: std::io::Error },
+    #[error(transparent)]
+    K3s(#[from] k3s::K3sError),
+    #[error("the device updater for {arch} was not found ({looked}); build it with `{build}`, or pass --updater PATH")]
+    NoUpdater { arch: String, looked: String, build: String },
+}
+
+/// The `edgeimg-updater` binary to bake into images for `arch`: the explicit path, else
+/// `$EDGEIMG_UPDATER_<ARCH>`, else cargo's output layout next to this executable.
+pub fn find_updater(explicit: Option<&Path>, arch: config::Arch) -> Result<PathBuf, BuildError> {
+    if let Some(p) = explicit {
+        return Ok(p.to_path_buf());
+    }
+    let var = format!("EDGEIMG_UPDATER_{}", arch.debian().to_uppercase());
+    if let Some(p) = std::env::var_os(&var) {
+        return Ok(PathBuf::from(p));
+    }
+    let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)).unwrap_or_default();
+    let native =
+        matches!((arch, std::env::consts::ARCH), (config::Arch::Amd64, "x86_64") | (config::Arch::Arm64, "aarch64"));
+    let (candidate, build) = if native {
+        (exe_dir.join("edgeimg-updater"), "cargo build --release -p edgeimg-updater".to_string())
+    } else {
+        let triple = match arch {
+            config::Arch::Amd64 => "x86_64-unknown-linux-gnu",
+            config::Arch::Arm64 => "aarch64-unknown-linux-gnu",
+        };
+        let profile = exe_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "release".into());
+        let target = exe_dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        let path = target.join(triple).join(&profile).join("edgeimg-updater");
+        (path, format!("cargo build --release -p edgeimg-updater --target {triple}"))
+    };
+    if candidate.is_file() {
+        Ok(candidate)
+    } else {
+        Err(BuildError::NoUpdater {
+            arch: arch.debian().into(),
+            looked: format!("{var} unset, no {}", candidate.display()),
+            build,
+        })
+    }
 }
 
 pub(crate) fn io_ctx(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
@@ -74,17 +116,7 @@ pub(crate) fn io_ctx(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> 
 /// Host tools a build needs for a board.
 pub fn required_tools() -> Vec<tools::Tool> {
     use tools::*;
-    vec![
-        MMDEBSTRAP,
-        MKFS_EROFS,
-        VERITYSETUP,
-        MKFS_VFAT,
-        MCOPY,
-        MMD,
-        MKFS_EXT4,
-        DPKG_QUERY,
-        SYSTEMCTL,
-    ]
+    vec![MMDEBSTRAP, MKFS_EROFS, VERITYSETUP, MKFS_VFAT, MCOPY, MMD, MKFS_EXT4, DPKG_QUERY, SYSTEMCTL]
 }
 
 pub struct Built {
@@ -113,22 +145,22 @@ pub fn build(opts: &BuildOptions, rep: &dyn Reporter) -> Result<Built, BuildErro
     if !nix::unistd::geteuid().is_root() {
         return Err(BuildError::NotRoot);
     }
+    let updater = find_updater(opts.updater.as_deref(), board.arch)?;
+    // Unpinned images are a recipe problem: say so before any slow work.
+    if let Some(k) = &recipe.recipe.k3s {
+        let refs: Vec<crate::oci::ImageRef> =
+            k.images.iter().map(|r| crate::oci::ImageRef::parse(r).expect("validated with the recipe")).collect();
+        let lock = crate::oci::lock::LockFile::load(&crate::oci::lock::path_for(&recipe.source.path))
+            .map_err(k3s::K3sError::from)?;
+        crate::oci::lock::LockFile::pin(lock.as_ref(), &refs, &recipe.source.path).map_err(k3s::K3sError::from)?;
+    }
     rep.finish(
         "check",
         t,
-        format!(
-            "board {} ({}), recipe {}",
-            board.name,
-            board.arch.debian(),
-            recipe.recipe.image.name
-        ),
+        format!("board {} ({}), recipe {}", board.name, board.arch.debian(), recipe.recipe.image.name),
     );
 
-    let final_dir = opts
-        .out
-        .join(&board.name)
-        .join(&recipe.recipe.image.name)
-        .join(&version);
+    let final_dir = opts.out.join(&board.name).join(&recipe.recipe.image.name).join(&version);
     let parent = final_dir.parent().unwrap_or(&opts.out).to_path_buf();
     fs::create_dir_all(&parent).map_err(io_ctx(format!("creating {}", parent.display())))?;
     let staging = parent.join(format!(".{version}.partial-{}", std::process::id()));
@@ -142,34 +174,23 @@ pub fn build(opts: &BuildOptions, rep: &dyn Reporter) -> Result<Built, BuildErro
         recipe: &recipe,
         version: &version,
         staging: &staging,
+        updater: &updater,
         rep,
     };
     match ctx.run() {
         Ok(report) => {
-            outputs::publish_dir(&staging, &final_dir).map_err(io_ctx(format!(
-                "moving the build into {}",
-                final_dir.display()
-            )))?;
-            rep.event(crate::progress::Event::Done {
-                summary: report.summary(&final_dir),
-            });
-            Ok(Built {
-                dir: final_dir,
-                report,
-            })
+            outputs::publish_dir(&staging, &final_dir)
+                .map_err(io_ctx(format!("moving the build into {}", final_dir.display())))?;
+            rep.event(crate::progress::Event::Done { summary: report.summary(&final_dir) });
+            Ok(Built { dir: final_dir, report })
         }
         Err(e) => {
             if opts.keep_failed {
-                rep.warn(format!(
-                    "kept the failed build's files in {}",
-                    staging.display()
-                ));
+                rep.warn(format!("kept the failed build's files in {}", staging.display()));
             } else {
                 let _ = fs::remove_dir_all(&staging);
             }
-            rep.event(crate::progress::Event::Failed {
-                error: e.to_string(),
-            });
+            rep.event(crate::progress::Event::Failed { error: e.to_string() });
             Err(e)
         }
     }
@@ -182,6 +203,7 @@ struct Ctx<'a> {
     recipe: &'a config::LoadedRecipe,
     version: &'a str,
     staging: &'a Path,
+    updater: &'a Path,
     rep: &'a dyn Reporter,
 }
 
@@ -191,53 +213,50 @@ impl Ctx<'_> {
         let mut timings = BTreeMap::new();
         let board_file = self.board_src.path.display().to_string();
 
-        let t = rep.start(
-            "mirror",
-            format!("checking {} {}", recipe.debian.mirror, recipe.debian.suite),
-        );
-        let (release_sha256, release_date) =
-            rootfs::probe_mirror(&recipe.debian.mirror, &recipe.debian.suite)?;
+        let t = rep.start("mirror", format!("checking {} {}", recipe.debian.mirror, recipe.debian.suite));
+        let (release_sha256, release_date) = rootfs::probe_mirror(&recipe.debian.mirror, &recipe.debian.suite)?;
         // Same inputs, same bytes: the timestamp comes from the environment, else from the
         // archive state the packages come from.
         let epoch = self.opts.source_date_epoch.or(release_date).unwrap_or(0);
         timings.insert(
             "mirror",
-            rep.finish(
-                "mirror",
-                t,
-                format!(
-                    "Release {}…, SOURCE_DATE_EPOCH={epoch}",
-                    &release_sha256[..12]
-                ),
-            ),
+            rep.finish("mirror", t, format!("Release {}…, SOURCE_DATE_EPOCH={epoch}", &release_sha256[..12])),
         );
 
         let spec = rootfs::spec(board, self.recipe, release_sha256, epoch);
-        let t = rep.start(
-            "rootfs",
-            format!(
-                "Debian {} {} with {} packages",
-                spec.suite,
-                spec.arch,
-                spec.packages.len()
-            ),
-        );
+        let t =
+            rep.start("rootfs", format!("Debian {} {} with {} packages", spec.suite, spec.arch, spec.packages.len()));
         let (base, cached) = rootfs::ensure(&self.opts.cache, &spec, self.opts.no_cache, rep)?;
-        timings.insert(
-            "rootfs",
-            rep.finish("rootfs", t, if cached { "cached" } else { "built" }),
-        );
+        timings.insert("rootfs", rep.finish("rootfs", t, if cached { "cached" } else { "built" }));
 
-        let inputs = report::inputs(self.board_src, self.recipe)
-            .map_err(io_ctx("hashing the build inputs"))?;
+        let inputs = report::inputs(self.board_src, self.recipe).map_err(io_ctx("hashing the build inputs"))?;
         let build_id = report::build_id(&spec.key(), self.version, epoch, &inputs);
 
         let work = self.staging.join("work");
         let tree = work.join("rootfs");
-        let t = rep.start(
-            "customize",
-            "copying the base tree and making it a read-only root",
-        );
+        let arch = board.arch.debian();
+        let k3s_fetched = match &recipe.k3s {
+            Some(k) => {
+                let t = rep.start("k3s", format!("K3s {} and {} images for {arch}", k.version, k.images.len()));
+                let env = k3s::FetchEnv {
+                    cache: &self.opts.cache,
+                    insecure: &self.opts.insecure_registries,
+                    work: &work,
+                    epoch,
+                    rep,
+                };
+                let f = k3s::fetch(k, self.recipe, arch, &env)?;
+                let images = f
+                    .images
+                    .as_ref()
+                    .map(|(_, i)| format!(", images archive {} MiB", i.size >> 20))
+                    .unwrap_or_default();
+                timings.insert("k3s", rep.finish("k3s", t, format!("binary {}…{images}", &f.binary_sha256[..12])));
+                Some(f)
+            }
+            None => None,
+        };
+        let t = rep.start("customize", "copying the base tree and making it a read-only root");
         fs::create_dir_all(&work).map_err(io_ctx("creating the work directory"))?;
         crate::fsutil::copy_tree(&base, &tree)?;
         let kernel = boot::take_kernel(&tree, &work.join("boot"))?;
@@ -249,27 +268,21 @@ impl Ctx<'_> {
                 version: self.version,
                 build_id: &build_id,
                 epoch,
+                updater: self.updater,
+                k3s: k3s_fetched.as_ref(),
             },
         )?;
         let debs = crate::sbom::deb_packages(&crate::fsutil::in_root(
             &tree,
             &format!("{}/lib/dpkg", customize::system::FACTORY_VAR),
         ))?;
-        let tree_bytes =
-            crate::fsutil::tree_size(&tree).map_err(io_ctx("measuring the root tree"))?;
+        let tree_bytes = crate::fsutil::tree_size(&tree).map_err(io_ctx("measuring the root tree"))?;
         timings.insert(
             "customize",
-            rep.finish(
-                "customize",
-                t,
-                format!("{} packages, kernel {}", debs.len(), kernel.version),
-            ),
+            rep.finish("customize", t, format!("{} packages, kernel {}", debs.len(), kernel.version)),
         );
 
-        let t = rep.start(
-            "root-image",
-            format!("EROFS ({:?}) + dm-verity", recipe.rootfs.compression),
-        );
+        let t = rep.start("root-image", format!("EROFS ({:?}) + dm-verity", recipe.rootfs.compression));
         let root = rootimg::make(
             &tree,
             &work,
@@ -287,23 +300,13 @@ impl Ctx<'_> {
         fs::remove_dir_all(&tree).map_err(io_ctx("removing the work tree"))?;
         timings.insert(
             "root-image",
-            rep.finish(
-                "root-image",
-                t,
-                format!(
-                    "{} MiB, root hash {}…",
-                    root.image_bytes >> 20,
-                    &root.roothash[..16]
-                ),
-            ),
+            rep.finish("root-image", t, format!("{} MiB, root hash {}…", root.image_bytes >> 20, &root.roothash[..16])),
         );
 
         let t = rep.start("disk", "ESP, data partition, GPT");
         let title = format!("{} {}", recipe.image.name, self.version);
-        let cmdlines: BTreeMap<Slot, String> = Slot::ALL
-            .iter()
-            .map(|&s| (s, boot::cmdline(board, s, &root.roothash)))
-            .collect();
+        let cmdlines: BTreeMap<Slot, String> =
+            Slot::ALL.iter().map(|&s| (s, boot::cmdline(board, s, &root.roothash))).collect();
         let esp = boot::esp_image(
             &work,
             &boot::EspInput {
@@ -331,40 +334,16 @@ impl Ctx<'_> {
         )?;
         timings.insert(
             "disk",
-            rep.finish(
-                "disk",
-                t,
-                format!(
-                    "{} MiB, {} partitions",
-                    table.size_bytes >> 20,
-                    table.partitions.len()
-                ),
-            ),
+            rep.finish("disk", t, format!("{} MiB, {} partitions", table.size_bytes >> 20, table.partitions.len())),
         );
 
-        let payload = outputs::payload(
-            self.staging,
-            board,
-            recipe,
-            self.version,
-            &build_id,
-            &root,
-            &kernel,
-            &cmdlines,
-        )
-        .map_err(io_ctx("writing the update payload"))?;
+        let payload = outputs::payload(self.staging, board, recipe, self.version, &build_id, &root, &kernel, &cmdlines)
+            .map_err(io_ctx("writing the update payload"))?;
 
         let t = rep.start("compress", "disk.img.zst and disk.img.bmap");
-        let bmap = outputs::bmap_and_zstd(self.staging, &disk_img, rep)
-            .map_err(io_ctx("compressing the disk image"))?;
-        timings.insert(
-            "compress",
-            rep.finish(
-                "compress",
-                t,
-                format!("{} MiB mapped", bmap.mapped_bytes() >> 20),
-            ),
-        );
+        let bmap =
+            outputs::bmap_and_zstd(self.staging, &disk_img, rep).map_err(io_ctx("compressing the disk image"))?;
+        timings.insert("compress", rep.finish("compress", t, format!("{} MiB mapped", bmap.mapped_bytes() >> 20)));
 
         let sbom = crate::sbom::spdx(
             &crate::sbom::Document {
@@ -376,13 +355,13 @@ impl Ctx<'_> {
                 created_epoch: epoch,
             },
             &debs,
-            &[],
+            &match (&recipe.k3s, &summary.k3s) {
+                (Some(k), Some(i)) => k3s::sbom_components(k, arch, i),
+                _ => Vec::new(),
+            },
         );
-        fs::write(
-            self.staging.join("sbom.spdx.json"),
-            serde_json::to_vec_pretty(&sbom).unwrap_or_default(),
-        )
-        .map_err(io_ctx("writing the SBOM"))?;
+        fs::write(self.staging.join("sbom.spdx.json"), serde_json::to_vec_pretty(&sbom).unwrap_or_default())
+            .map_err(io_ctx("writing the SBOM"))?;
         fs::remove_dir_all(&work).map_err(io_ctx("removing the work directory"))?;
 
         let report = Report::new(report::ReportInput {

@@ -40,24 +40,11 @@ pub fn payload(
             Some(s) => (p.metadata()?.len(), s.to_string()),
             None => file_digest(&p)?,
         };
-        Ok(Artifact {
-            name: name.into(),
-            kind,
-            size,
-            sha256,
-        })
+        Ok(Artifact { name: name.into(), kind, size, sha256 })
     };
     let artifacts = vec![
-        artifact(
-            "root.img",
-            ArtifactKind::RootImage,
-            Some(&root.image_sha256),
-        )?,
-        artifact(
-            "root.verity",
-            ArtifactKind::VerityTree,
-            Some(&root.verity_sha256),
-        )?,
+        artifact("root.img", ArtifactKind::RootImage, Some(&root.image_sha256))?,
+        artifact("root.verity", ArtifactKind::VerityTree, Some(&root.verity_sha256))?,
         artifact("linux", ArtifactKind::BootFile, None)?,
         artifact("initrd", ArtifactKind::BootFile, None)?,
     ];
@@ -66,22 +53,10 @@ pub fn payload(
         .map(|&s| {
             let d = s.boot_dir();
             let files = vec![
-                BootFile {
-                    artifact: "linux".into(),
-                    path: format!("{d}/linux"),
-                },
-                BootFile {
-                    artifact: "initrd".into(),
-                    path: format!("{d}/initrd"),
-                },
+                BootFile { artifact: "linux".into(), path: format!("{d}/linux") },
+                BootFile { artifact: "initrd".into(), path: format!("{d}/initrd") },
             ];
-            (
-                s,
-                SlotBoot {
-                    cmdline: cmdlines[&s].clone(),
-                    files,
-                },
-            )
+            (s, SlotBoot { cmdline: cmdlines[&s].clone(), files })
         })
         .collect();
     let p = Payload {
@@ -142,14 +117,7 @@ pub fn publish_dir(staging: &Path, final_dir: &Path) -> io::Result<()> {
     }
     crate::fsutil::sync_dir(staging)?;
     if final_dir.exists() {
-        renameat2(
-            AT_FDCWD,
-            staging,
-            AT_FDCWD,
-            final_dir,
-            RenameFlags::RENAME_EXCHANGE,
-        )
-        .map_err(io::Error::from)?;
+        renameat2(AT_FDCWD, staging, AT_FDCWD, final_dir, RenameFlags::RENAME_EXCHANGE).map_err(io::Error::from)?;
         fs::remove_dir_all(staging)?;
     } else {
         fs::rename(staging, final_dir)?;

@@ -26,10 +26,7 @@ pub struct InputFile {
 /// file sources.
 pub fn inputs(board: &Source, recipe: &LoadedRecipe) -> io::Result<Vec<InputFile>> {
     let mut v = vec![
-        InputFile {
-            path: board.path.display().to_string(),
-            sha256: sha256_bytes(board.text.as_bytes()),
-        },
+        InputFile { path: board.path.display().to_string(), sha256: sha256_bytes(board.text.as_bytes()) },
         InputFile {
             path: recipe.source.path.display().to_string(),
             sha256: sha256_bytes(recipe.source.text.as_bytes()),
@@ -38,10 +35,7 @@ pub fn inputs(board: &Source, recipe: &LoadedRecipe) -> io::Result<Vec<InputFile
     for f in &recipe.recipe.files {
         if let Some(s) = &f.source {
             let p = recipe.dir.join(s);
-            v.push(InputFile {
-                path: p.display().to_string(),
-                sha256: sha256_file(&p)?,
-            });
+            v.push(InputFile { path: p.display().to_string(), sha256: sha256_file(&p)? });
         }
     }
     for o in &recipe.recipe.rootfs.overlays {
@@ -64,10 +58,7 @@ pub fn inputs(board: &Source, recipe: &LoadedRecipe) -> io::Result<Vec<InputFile
             } else {
                 sha256_file(&p)?
             };
-            v.push(InputFile {
-                path: p.display().to_string(),
-                sha256,
-            });
+            v.push(InputFile { path: p.display().to_string(), sha256 });
         }
     }
     Ok(v)
@@ -75,10 +66,8 @@ pub fn inputs(board: &Source, recipe: &LoadedRecipe) -> io::Result<Vec<InputFile
 
 /// The build id: a hash of every input, so two builds with the same id are the same build.
 pub fn build_id(rootfs_key: &str, version: &str, epoch: u64, inputs: &[InputFile]) -> String {
-    let mut s = format!(
-        "edgeimg {}\nrootfs {rootfs_key}\nversion {version}\nepoch {epoch}\n",
-        env!("CARGO_PKG_VERSION")
-    );
+    let mut s =
+        format!("edgeimg {}\nrootfs {rootfs_key}\nversion {version}\nepoch {epoch}\n", env!("CARGO_PKG_VERSION"));
     for i in inputs {
         // Paths differ between checkouts; only content counts.
         s.push_str(&format!("input {}\n", i.sha256));
@@ -124,6 +113,8 @@ pub struct Report {
     pub sizes: BTreeMap<String, u64>,
     pub timings_seconds: BTreeMap<String, f64>,
     pub outputs: Vec<OutputFile>,
+    /// K3s, its airgap archive and the pre-pulled images (null without [k3s]).
+    pub k3s: Option<super::k3s::Installed>,
 }
 
 pub struct ReportInput<'a> {
@@ -189,12 +180,7 @@ impl Report {
     /// Build the report, write `report.json` and `SHA256SUMS` into the staging directory.
     pub fn new(i: ReportInput<'_>) -> io::Result<Self> {
         let outputs = list_outputs(i.staging)?;
-        let size_of = |name: &str| {
-            outputs
-                .iter()
-                .find(|o| o.name == name)
-                .map_or(0, |o| o.size)
-        };
+        let size_of = |name: &str| outputs.iter().find(|o| o.name == name).map_or(0, |o| o.size);
         let mut sizes = BTreeMap::new();
         sizes.insert("rootfs_tree_bytes".into(), i.tree_bytes);
         sizes.insert("root_image_bytes".into(), i.root.image_bytes);
@@ -202,10 +188,7 @@ impl Report {
         sizes.insert("disk_image_bytes".into(), i.table.size_bytes);
         sizes.insert("disk_mapped_bytes".into(), i.disk_mapped_bytes);
         sizes.insert("disk_zst_bytes".into(), size_of("disk.img.zst"));
-        sizes.insert(
-            "payload_bytes".into(),
-            i.payload.artifacts.iter().map(|a| a.size).sum(),
-        );
+        sizes.insert("payload_bytes".into(), i.payload.artifacts.iter().map(|a| a.size).sum());
         let report = Report {
             edgeimg_version: env!("CARGO_PKG_VERSION").into(),
             build_id: i.build_id.into(),
@@ -250,12 +233,9 @@ impl Report {
             }),
             cmdlines: i.cmdlines.clone(),
             sizes,
-            timings_seconds: i
-                .timings
-                .into_iter()
-                .map(|(k, v)| (k.to_string(), (v * 10.0).round() / 10.0))
-                .collect(),
+            timings_seconds: i.timings.into_iter().map(|(k, v)| (k.to_string(), (v * 10.0).round() / 10.0)).collect(),
             outputs,
+            k3s: i.customize.k3s.clone(),
         };
         let mut sums = String::new();
         for o in &report.outputs {

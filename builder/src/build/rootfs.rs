@@ -16,25 +16,18 @@ use crate::progress::{Reporter, ReporterExt};
 use crate::tools::{Cmd, ToolError};
 
 /// Bump when the hooks or the package set edgeimg adds change the resulting tree.
-const ROOTFS_FORMAT: u32 = 3;
+const ROOTFS_FORMAT: u32 = 4;
 /// How many base trees to keep in the cache.
 const KEEP: usize = 3;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
     #[error("Debian mirror {mirror} (suite {suite}) is not usable: {source}. Check `debian.mirror` and `debian.suite` in the recipe, and the network")]
-    Mirror {
-        mirror: String,
-        suite: String,
-        source: NetError,
-    },
+    Mirror { mirror: String, suite: String, source: NetError },
     #[error("mmdebstrap failed; the tree was not cached. {0}")]
     Mmdebstrap(ToolError),
     #[error("rootfs cache {path}: {source}")]
-    Cache {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Cache { path: PathBuf, source: std::io::Error },
 }
 
 /// Everything that determines the base tree.
@@ -94,14 +87,7 @@ const OMIT_DRIVERS: &str = "btrfs xfs bcachefs ocfs2 gfs2 smb cifs nfs nfsv4 jfs
 
 /// dracut configuration; it must exist before the kernel package runs dracut.
 pub fn dracut_conf(board: &Board) -> String {
-    let mut drivers = vec![
-        "erofs",
-        "dm-verity",
-        "ext4",
-        "vfat",
-        "nls_cp437",
-        "nls_iso8859_1",
-    ];
+    let mut drivers = vec!["erofs", "dm-verity", "ext4", "vfat", "nls_cp437", "nls_iso8859_1"];
     drivers.extend(board.kernel.initrd_drivers.iter().map(String::as_str));
     format!(
         "# Written by edgeimg: a generic initrd that can open a dm-verity root.\n\
@@ -121,14 +107,8 @@ pub fn dracut_conf(board: &Board) -> String {
 pub fn dracut_module() -> Vec<(String, String)> {
     [
         ("module-setup.sh", include_str!("initrd/module-setup.sh")),
-        (
-            "edgeimg-machine-id.service",
-            include_str!("initrd/edgeimg-machine-id.service"),
-        ),
-        (
-            "edgeimg-machine-id.sh",
-            include_str!("initrd/edgeimg-machine-id.sh"),
-        ),
+        ("edgeimg-machine-id.service", include_str!("initrd/edgeimg-machine-id.service")),
+        ("edgeimg-machine-id.sh", include_str!("initrd/edgeimg-machine-id.sh")),
     ]
     .into_iter()
     .map(|(n, t)| (n.to_string(), t.to_string()))
@@ -140,13 +120,11 @@ pub fn dracut_module() -> Vec<(String, String)> {
 pub fn probe_mirror(mirror: &str, suite: &str) -> Result<(String, Option<u64>), RootfsError> {
     let url = format!("{}/dists/{suite}/InRelease", mirror.trim_end_matches('/'));
     let rt = net::runtime();
-    let body = rt
-        .block_on(net::get_bytes(&net::client(), &url))
-        .map_err(|source| RootfsError::Mirror {
-            mirror: mirror.into(),
-            suite: suite.into(),
-            source,
-        })?;
+    let body = rt.block_on(net::get_bytes(&net::client(), &url)).map_err(|source| RootfsError::Mirror {
+        mirror: mirror.into(),
+        suite: suite.into(),
+        source,
+    })?;
     let text = String::from_utf8_lossy(&body);
     let date = text
         .lines()
@@ -162,15 +140,9 @@ fn parse_release_date(d: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(&d, &time::format_description::well_known::Rfc2822).ok()
 }
 
-pub fn spec(
-    board: &Board,
-    recipe: &LoadedRecipe,
-    release_sha256: String,
-    epoch: u64,
-) -> RootfsSpec {
+pub fn spec(board: &Board, recipe: &LoadedRecipe, release_sha256: String, epoch: u64) -> RootfsSpec {
     let d = &recipe.recipe.debian;
-    let mut packages: BTreeSet<String> =
-        base_packages(board).into_iter().map(String::from).collect();
+    let mut packages: BTreeSet<String> = base_packages(board).into_iter().map(String::from).collect();
     packages.extend(board.kernel_packages());
     packages.extend(board.firmware.packages.iter().cloned());
     packages.extend(d.packages.iter().cloned());
@@ -215,10 +187,7 @@ pub fn ensure(
     };
     if !no_cache && tree.is_dir() && meta.is_file() {
         // Touch for least-recently-used pruning.
-        let _ = fs::File::options()
-            .append(true)
-            .open(&meta)
-            .and_then(|f| f.set_modified(SystemTime::now()));
+        let _ = fs::File::options().append(true).open(&meta).and_then(|f| f.set_modified(SystemTime::now()));
         return Ok((tree, true));
     }
     fs::create_dir_all(&dir).map_err(cerr(&dir))?;
@@ -232,10 +201,7 @@ pub fn ensure(
     for (name, text) in &spec.dracut_module {
         let p = hookdir.path().join(name);
         fs::write(&p, text).map_err(cerr(&p))?;
-        module_hooks.push(format!(
-            "--setup-hook=upload {} {MODDIR}/{name}",
-            p.display()
-        ));
+        module_hooks.push(format!("--setup-hook=upload {} {MODDIR}/{name}", p.display()));
     }
     module_hooks.push(format!("--setup-hook=chmod 755 \"$1{MODDIR}\"/*.sh"));
 
@@ -253,10 +219,7 @@ pub fn ensure(
         .arg("--dpkgopt=path-exclude=/usr/share/man/*")
         .arg("--dpkgopt=path-exclude=/usr/share/info/*")
         .arg("--setup-hook=mkdir -p \"$1/etc/dracut.conf.d\"")
-        .arg(format!(
-            "--setup-hook=upload {} /etc/dracut.conf.d/90-edgeimg.conf",
-            conf.display()
-        ))
+        .arg(format!("--setup-hook=upload {} /etc/dracut.conf.d/90-edgeimg.conf", conf.display()))
         .args(&module_hooks)
         .arg(&spec.suite)
         .arg(&tmp)
@@ -285,7 +248,7 @@ fn prune(dir: &Path, keep_key: &str) {
             Some((e.metadata().ok()?.modified().ok()?, key))
         })
         .collect();
-    entries.sort_by(|a, b| b.0.cmp(&a.0));
+    entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (_, key) in entries.into_iter().skip(KEEP) {
         if key != keep_key {
             let _ = fs::remove_dir_all(dir.join(&key));

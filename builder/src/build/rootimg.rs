@@ -16,13 +16,7 @@ pub enum RootImageError {
     #[error("veritysetup printed no root hash:\n{0}")]
     NoRootHash(String),
     #[error("the {what} is {have} MiB but the board's slot holds {slot} MiB ({key} in {board}); raise {key} or remove packages from the recipe")]
-    TooBig {
-        what: &'static str,
-        have: u64,
-        slot: u64,
-        key: &'static str,
-        board: String,
-    },
+    TooBig { what: &'static str, have: u64, slot: u64, key: &'static str, board: String },
 }
 
 #[derive(Debug, Clone, serde::Serialize)]
@@ -128,11 +122,5 @@ pub fn make(
 
 /// Check an image against its hash tree with `veritysetup verify` (no device-mapper needed).
 pub fn verify(image: &Path, verity: &Path, roothash: &str) -> Result<(), ToolError> {
-    Cmd::new("veritysetup")
-        .arg("verify")
-        .arg(image)
-        .arg(verity)
-        .arg(roothash)
-        .run()
-        .map(|_| ())
+    Cmd::new("veritysetup").arg("verify").arg(image).arg(verity).arg(roothash).run().map(|_| ())
 }

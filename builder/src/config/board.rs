@@ -46,14 +46,8 @@ impl Arch {
     /// Discoverable Partitions Specification type GUIDs: (root, root verity).
     pub fn root_type_guids(self) -> (&'static str, &'static str) {
         match self {
-            Arch::Amd64 => (
-                "4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709",
-                "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5",
-            ),
-            Arch::Arm64 => (
-                "B921B045-1DF0-41C3-AF44-4C6F280D3FAE",
-                "DF3300CE-D69F-4C92-978C-9BFB0F38D820",
-            ),
+            Arch::Amd64 => ("4F68BCE3-E8CD-4DB1-96E7-FBCAF984B709", "2C7357ED-EBD2-46D9-AEC1-23D437EC2BF5"),
+            Arch::Arm64 => ("B921B045-1DF0-41C3-AF44-4C6F280D3FAE", "DF3300CE-D69F-4C92-978C-9BFB0F38D820"),
         }
     }
 
@@ -182,17 +176,11 @@ impl Board {
 
     fn validate(&self, src: &Source) -> Result<(), ConfigError> {
         if !is_name(&self.name) {
-            return Err(src.error_at(
-                "name",
-                "use lowercase letters, digits and '-' (it becomes part of paths)",
-            ));
+            return Err(src.error_at("name", "use lowercase letters, digits and '-' (it becomes part of paths)"));
         }
         let d = &self.disk;
         if d.esp_mib < 64 {
-            return Err(src.error_at(
-                "disk.esp_mib",
-                "the ESP needs at least 64 MiB (two kernels + initrds)",
-            ));
+            return Err(src.error_at("disk.esp_mib", "the ESP needs at least 64 MiB (two kernels + initrds)"));
         }
         if d.root_mib < 64 {
             return Err(src.error_at("disk.root_mib", "a root slot needs at least 64 MiB"));
@@ -216,10 +204,7 @@ impl Board {
         }
         if let Some(c) = &self.kernel.console {
             if c.contains(char::is_whitespace) || c.starts_with("console=") {
-                return Err(src.error_at(
-                    "kernel.console",
-                    "give the device only, e.g. \"ttyS0,115200\"",
-                ));
+                return Err(src.error_at("kernel.console", "give the device only, e.g. \"ttyS0,115200\""));
             }
         }
         Ok(())
@@ -238,7 +223,6 @@ impl Board {
 pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
-        && s.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
+        && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
         && !s.starts_with(['.', '-'])
 }

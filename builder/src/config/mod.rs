@@ -1,6 +1,7 @@
 //! Board and recipe files.
 
 pub mod board;
+pub mod k3s;
 pub mod recipe;
 pub mod source;
 
@@ -12,10 +13,7 @@ pub use source::{ConfigError, Source};
 
 /// Boards shipped with edgeimg, compiled in so that `--board NAME` works from any directory.
 pub const BUILTIN_BOARDS: &[(&str, &str)] = &[
-    (
-        "qemu-x86_64",
-        include_str!("../../../boards/qemu-x86_64.toml"),
-    ),
+    ("qemu-x86_64", include_str!("../../../boards/qemu-x86_64.toml")),
     ("nuc", include_str!("../../../boards/nuc.toml")),
 ];
 
@@ -25,17 +23,14 @@ pub fn load_board(arg: &str, boards_dir: Option<&Path>) -> Result<(Board, Source
     let src = if looks_like_path {
         Source::read(Path::new(arg))?
     } else {
-        let dir = boards_dir
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("boards"));
+        let dir = boards_dir.map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("boards"));
         let file = dir.join(format!("{arg}.toml"));
         if file.is_file() {
             Source::read(&file)?
         } else if let Some((name, text)) = BUILTIN_BOARDS.iter().find(|(n, _)| *n == arg) {
             Source::from_text(format!("<built-in board {name}>"), *text)
         } else {
-            let mut known: Vec<String> =
-                BUILTIN_BOARDS.iter().map(|(n, _)| n.to_string()).collect();
+            let mut known: Vec<String> = BUILTIN_BOARDS.iter().map(|(n, _)| n.to_string()).collect();
             if let Ok(rd) = std::fs::read_dir(&dir) {
                 for e in rd.flatten() {
                     if let Some(n) = e.file_name().to_str().and_then(|n| n.strip_suffix(".toml")) {
@@ -58,13 +53,7 @@ pub fn load_board(arg: &str, boards_dir: Option<&Path>) -> Result<(Board, Source
     };
     let board = Board::load(&src)?;
     if !looks_like_path && board.name != arg {
-        return Err(src.error_at(
-            "name",
-            format!(
-                "the file is named `{arg}` but says name = \"{}\"",
-                board.name
-            ),
-        ));
+        return Err(src.error_at("name", format!("the file is named `{arg}` but says name = \"{}\"", board.name)));
     }
     Ok((board, src))
 }

@@ -24,6 +24,9 @@ pub struct Recipe {
     pub services: Services,
     #[serde(default)]
     pub journal: Journal,
+    /// The Kubernetes runtime (see config/k3s.rs).
+    #[serde(default)]
+    pub k3s: Option<super::k3s::K3s>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -122,11 +125,7 @@ fn default_true() -> bool {
 
 impl Default for Rootfs {
     fn default() -> Self {
-        Self {
-            compression: default_compression(),
-            delta_friendly: true,
-            overlays: Vec::new(),
-        }
+        Self { compression: default_compression(), delta_friendly: true, overlays: Vec::new() }
     }
 }
 
@@ -218,10 +217,7 @@ fn default_max_use() -> String {
 
 impl Default for Journal {
     fn default() -> Self {
-        Self {
-            persistent: true,
-            max_use: default_max_use(),
-        }
+        Self { persistent: true, max_use: default_max_use() }
     }
 }
 
@@ -236,25 +232,14 @@ pub struct LoadedRecipe {
 impl Recipe {
     pub fn load(src: &Source) -> Result<LoadedRecipe, ConfigError> {
         let recipe: Recipe = src.parse()?;
-        let dir = src
-            .path
-            .parent()
-            .map(Path::to_path_buf)
-            .unwrap_or_else(|| PathBuf::from("."));
+        let dir = src.path.parent().map(Path::to_path_buf).unwrap_or_else(|| PathBuf::from("."));
         recipe.validate(src, &dir)?;
-        Ok(LoadedRecipe {
-            recipe,
-            dir,
-            source: src.clone(),
-        })
+        Ok(LoadedRecipe { recipe, dir, source: src.clone() })
     }
 
     fn validate(&self, src: &Source, dir: &Path) -> Result<(), ConfigError> {
         if !is_name(&self.image.name) {
-            return Err(src.error_at(
-                "image.name",
-                "use lowercase letters, digits, '-', '_' and '.'",
-            ));
+            return Err(src.error_at("image.name", "use lowercase letters, digits, '-', '_' and '.'"));
         }
         validate_version(&self.image.version).map_err(|m| src.error_at("image.version", m))?;
         if !is_hostname(&self.image.hostname) {
@@ -264,33 +249,20 @@ impl Recipe {
             ));
         }
         if self.image.timezone.contains("..") || self.image.timezone.starts_with('/') {
-            return Err(src.error_at(
-                "image.timezone",
-                "give a zone name such as \"Europe/Berlin\"",
-            ));
+            return Err(src.error_at("image.timezone", "give a zone name such as \"Europe/Berlin\""));
         }
         let d = &self.debian;
-        if !d.mirror.starts_with("http://")
-            && !d.mirror.starts_with("https://")
-            && !d.mirror.starts_with("file://")
-        {
-            return Err(src.error_at(
-                "debian.mirror",
-                "must be an http://, https:// or file:// URL",
-            ));
+        if !d.mirror.starts_with("http://") && !d.mirror.starts_with("https://") && !d.mirror.starts_with("file://") {
+            return Err(src.error_at("debian.mirror", "must be an http://, https:// or file:// URL"));
         }
         if d.suite.is_empty() || d.suite.contains(['/', ' ']) {
-            return Err(src.error_at(
-                "debian.suite",
-                "give a suite or codename such as \"trixie\"",
-            ));
+            return Err(src.error_at("debian.suite", "give a suite or codename such as \"trixie\""));
         }
         for (i, p) in d.packages.iter().enumerate() {
             if !is_package_name(p) {
-                return Err(src.error_at(
-                    &format!("debian.packages[{i}]"),
-                    format!("`{p}` is not a Debian package name"),
-                ));
+                return Err(
+                    src.error_at(&format!("debian.packages[{i}]"), format!("`{p}` is not a Debian package name"))
+                );
             }
         }
         for (i, o) in self.rootfs.overlays.iter().enumerate() {
@@ -311,10 +283,7 @@ impl Recipe {
                 ));
             }
             if !names.insert(&u.name) {
-                return Err(src.error_at(
-                    &format!("{key}.name"),
-                    format!("user `{}` is defined twice", u.name),
-                ));
+                return Err(src.error_at(&format!("{key}.name"), format!("user `{}` is defined twice", u.name)));
             }
             if u.name == "root" && u.uid.is_some_and(|x| x != 0) {
                 return Err(src.error_at(&format!("{key}.uid"), "root has uid 0"));
@@ -337,9 +306,7 @@ impl Recipe {
             }
             for (j, k) in u.ssh_authorized_keys.iter().enumerate() {
                 let kind = k.split_whitespace().next().unwrap_or("");
-                if !(kind.starts_with("ssh-")
-                    || kind.starts_with("ecdsa-")
-                    || kind.starts_with("sk-"))
+                if !(kind.starts_with("ssh-") || kind.starts_with("ecdsa-") || kind.starts_with("sk-"))
                     || k.contains('\n')
                 {
                     return Err(src.error_at(
@@ -352,35 +319,26 @@ impl Recipe {
         for (i, f) in self.files.iter().enumerate() {
             let key = format!("file[{i}]");
             if !f.path.starts_with('/') || f.path.split('/').any(|c| c == "..") {
-                return Err(src.error_at(
-                    &format!("{key}.path"),
-                    "must be an absolute path without '..'",
-                ));
+                return Err(src.error_at(&format!("{key}.path"), "must be an absolute path without '..'"));
             }
             match (&f.content, &f.source) {
                 (Some(_), Some(_)) | (None, None) => {
                     return Err(src.error_at(&key, "give exactly one of `content` and `source`"));
                 }
                 (None, Some(s)) if !dir.join(s).is_file() => {
-                    return Err(src.error_at(
-                        &format!("{key}.source"),
-                        format!("{} is not a file", dir.join(s).display()),
-                    ));
+                    return Err(
+                        src.error_at(&format!("{key}.source"), format!("{} is not a file", dir.join(s).display()))
+                    );
                 }
                 _ => {}
             }
             if f.mode.len() < 3 || u32::from_str_radix(&f.mode, 8).map_or(true, |m| m > 0o7777) {
-                return Err(src.error_at(
-                    &format!("{key}.mode"),
-                    "expected an octal mode string such as \"0644\"",
-                ));
+                return Err(src.error_at(&format!("{key}.mode"), "expected an octal mode string such as \"0644\""));
             }
         }
-        for (field, list) in [
-            ("enable", &self.services.enable),
-            ("disable", &self.services.disable),
-            ("mask", &self.services.mask),
-        ] {
+        for (field, list) in
+            [("enable", &self.services.enable), ("disable", &self.services.disable), ("mask", &self.services.mask)]
+        {
             for (i, u) in list.iter().enumerate() {
                 if !is_unit_name(u) {
                     return Err(src.error_at(
@@ -391,19 +349,29 @@ impl Recipe {
             }
         }
         if parse_size(&self.journal.max_use).is_none() {
-            return Err(src.error_at(
-                "journal.max_use",
-                "expected a size such as \"128M\" or \"1G\"",
-            ));
+            return Err(src.error_at("journal.max_use", "expected a size such as \"128M\" or \"1G\""));
+        }
+        if let Some(k) = &self.k3s {
+            k.validate(src)?;
+            for (i, m) in k.manifests.iter().enumerate() {
+                let key = format!("k3s.manifests[{i}]");
+                let p = dir.join(m);
+                let text =
+                    std::fs::read_to_string(&p).map_err(|e| src.error_at(&key, format!("{}: {e}", p.display())))?;
+                if !m.extension().is_some_and(|x| x == "yaml" || x == "yml" || x == "json") {
+                    return Err(src.error_at(&key, "K3s applies .yaml, .yml and .json files only"));
+                }
+                if let Err(e) = yaml_rust2::YamlLoader::load_from_str(&text) {
+                    return Err(src.error_at(&key, format!("{} is not valid YAML: {e}", p.display())));
+                }
+            }
         }
         Ok(())
     }
 }
 
 pub fn validate_version(v: &str) -> Result<(), String> {
-    semver::Version::parse(v)
-        .map(|_| ())
-        .map_err(|e| format!("`{v}` is not a semantic version like 1.4.0 ({e})"))
+    semver::Version::parse(v).map(|_| ()).map_err(|e| format!("`{v}` is not a semantic version like 1.4.0 ({e})"))
 }
 
 fn is_hostname(h: &str) -> bool {
@@ -417,8 +385,7 @@ fn is_hostname(h: &str) -> bool {
 fn is_user_name(n: &str) -> bool {
     n.len() <= 32
         && n.starts_with(|c: char| c.is_ascii_lowercase())
-        && n.bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+        && n.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
 pub fn is_package_name(p: &str) -> bool {
@@ -426,26 +393,14 @@ pub fn is_package_name(p: &str) -> bool {
     let name = p.split(':').next().unwrap_or("");
     name.len() >= 2
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
+        && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"+-.".contains(&b))
 }
 
 fn is_unit_name(u: &str) -> bool {
-    const SUFFIXES: [&str; 8] = [
-        ".service",
-        ".socket",
-        ".timer",
-        ".target",
-        ".mount",
-        ".path",
-        ".slice",
-        ".automount",
-    ];
+    const SUFFIXES: [&str; 8] = [".service", ".socket", ".timer", ".target", ".mount", ".path", ".slice", ".automount"];
     SUFFIXES.iter().any(|s| u.ends_with(s))
         && u.len() < 256
-        && u.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b":-_.@\\".contains(&b))
+        && u.bytes().all(|b| b.is_ascii_alphanumeric() || b":-_.@\\".contains(&b))
 }
 
 /// Parse a journald-style size ("128M", "1G", "4096").

@@ -45,24 +45,17 @@ impl Source {
             key: None,
             message: format!("cannot read: {e}"),
         })?;
-        Ok(Self {
-            path: path.to_path_buf(),
-            text,
-        })
+        Ok(Self { path: path.to_path_buf(), text })
     }
 
     pub fn from_text(path: impl Into<PathBuf>, text: impl Into<String>) -> Self {
-        Self {
-            path: path.into(),
-            text: text.into(),
-        }
+        Self { path: path.into(), text: text.into() }
     }
 
     /// Deserialize the whole document. Unknown keys are rejected by the target types
     /// (`deny_unknown_fields`); the error says where.
     pub fn parse<T: DeserializeOwned>(&self) -> Result<T, ConfigError> {
-        let de =
-            toml::de::Deserializer::parse(&self.text).map_err(|e| self.toml_error(&e, None))?;
+        let de = toml::de::Deserializer::parse(&self.text).map_err(|e| self.toml_error(&e, None))?;
         serde_path_to_error::deserialize(de).map_err(|e| {
             let key = path_to_key(e.path());
             self.toml_error(e.inner(), key)
@@ -70,16 +63,8 @@ impl Source {
     }
 
     fn toml_error(&self, e: &toml::de::Error, key: Option<String>) -> ConfigError {
-        let line = e
-            .span()
-            .map(|s| self.line_of(s.start))
-            .or_else(|| key.as_deref().and_then(|k| self.line_of_key(k)));
-        ConfigError {
-            file: self.path.clone(),
-            line,
-            key,
-            message: e.message().trim().to_string(),
-        }
+        let line = e.span().map(|s| self.line_of(s.start)).or_else(|| key.as_deref().and_then(|k| self.line_of_key(k)));
+        ConfigError { file: self.path.clone(), line, key, message: e.message().trim().to_string() }
     }
 
     /// An error about a key found valid by the parser but rejected by validation.
@@ -94,11 +79,7 @@ impl Source {
 
     fn line_of(&self, offset: usize) -> usize {
         let offset = offset.min(self.text.len());
-        self.text.as_bytes()[..offset]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1
+        self.text.as_bytes()[..offset].iter().filter(|&&b| b == b'\n').count() + 1
     }
 
     /// Find the line where a dotted key (with `[n]` array indices) is defined.
@@ -233,10 +214,7 @@ mod tests {
 
     #[test]
     fn line_of_key_walks_tables_and_arrays() {
-        let src = Source::from_text(
-            "t",
-            "name='x'\n[disk]\n\nsize_mib=1\n[[user]]\nname='a'\n[[user]]\nname='b'\n",
-        );
+        let src = Source::from_text("t", "name='x'\n[disk]\n\nsize_mib=1\n[[user]]\nname='a'\n[[user]]\nname='b'\n");
         assert_eq!(src.line_of_key("disk.size_mib"), Some(4));
         assert_eq!(src.line_of_key("user[1].name"), Some(8));
         assert_eq!(src.line_of_key("disk.nope"), Some(2));

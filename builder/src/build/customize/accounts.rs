@@ -15,14 +15,12 @@ use crate::fsutil::{in_root, write_file};
 pub enum AccountError {
     #[error("{0}")]
     Io(#[from] io::Error),
-    #[error("user `{user}`: group `{group}` does not exist in the image; create it with a package or drop it from `groups`")]
+    #[error(
+        "user `{user}`: group `{group}` does not exist in the image; create it with a package or drop it from `groups`"
+    )]
     UnknownGroup { user: String, group: String },
     #[error("user `{user}`: uid {uid} is already taken by `{owner}` in the image")]
-    UidTaken {
-        user: String,
-        uid: u32,
-        owner: String,
-    },
+    UidTaken { user: String, uid: u32, owner: String },
     #[error("user `{0}` already exists in the image (a package created it); pick another name")]
     Exists(String),
 }
@@ -35,11 +33,7 @@ impl Table {
     fn read(root: &Path, file: &str) -> io::Result<Self> {
         let text = fs::read_to_string(in_root(root, file)).unwrap_or_default();
         Ok(Self {
-            lines: text
-                .lines()
-                .filter(|l| !l.is_empty())
-                .map(|l| l.split(':').map(str::to_string).collect())
-                .collect(),
+            lines: text.lines().filter(|l| !l.is_empty()).map(|l| l.split(':').map(str::to_string).collect()).collect(),
         })
     }
     fn find(&self, name: &str) -> Option<&Vec<String>> {
@@ -49,10 +43,7 @@ impl Table {
         self.lines.iter_mut().find(|l| l[0] == name)
     }
     fn id_owner(&self, id: u32) -> Option<&str> {
-        self.lines
-            .iter()
-            .find(|l| l.get(2).and_then(|s| s.parse().ok()) == Some(id))
-            .map(|l| l[0].as_str())
+        self.lines.iter().find(|l| l.get(2).and_then(|s| s.parse().ok()) == Some(id)).map(|l| l[0].as_str())
     }
     fn write(&self, root: &Path, file: &str, mode: u32) -> io::Result<()> {
         let mut s = String::new();
@@ -74,11 +65,7 @@ pub fn home_of(u: &User) -> String {
 }
 
 /// Add the recipe's users. Returns (name, uid, gid) of each, for tmpfiles entries.
-pub fn add_users(
-    root: &Path,
-    users: &[User],
-    epoch: u64,
-) -> Result<Vec<(String, u32, u32)>, AccountError> {
+pub fn add_users(root: &Path, users: &[User], epoch: u64) -> Result<Vec<(String, u32, u32)>, AccountError> {
     let mut passwd = Table::read(root, "/etc/passwd")?;
     let mut group = Table::read(root, "/etc/group")?;
     let mut shadow = Table::read(root, "/etc/shadow")?;
@@ -101,25 +88,11 @@ pub fn add_users(
         }
         let uid = u.uid.unwrap_or(1000 + i as u32);
         if let Some(owner) = passwd.id_owner(uid) {
-            return Err(AccountError::UidTaken {
-                user: u.name.clone(),
-                uid,
-                owner: owner.to_string(),
-            });
+            return Err(AccountError::UidTaken { user: u.name.clone(), uid, owner: owner.to_string() });
         }
         let gid = if group.id_owner(uid).is_none() && group.find(&u.name).is_none() {
-            group.lines.push(vec![
-                u.name.clone(),
-                "x".into(),
-                uid.to_string(),
-                String::new(),
-            ]);
-            gshadow.lines.push(vec![
-                u.name.clone(),
-                "!".into(),
-                String::new(),
-                String::new(),
-            ]);
+            group.lines.push(vec![u.name.clone(), "x".into(), uid.to_string(), String::new()]);
+            gshadow.lines.push(vec![u.name.clone(), "!".into(), String::new(), String::new()]);
             uid
         } else {
             100 // "users"
@@ -146,10 +119,7 @@ pub fn add_users(
         ]);
         for g in &u.groups {
             let Some(line) = group.find_mut(g) else {
-                return Err(AccountError::UnknownGroup {
-                    user: u.name.clone(),
-                    group: g.clone(),
-                });
+                return Err(AccountError::UnknownGroup { user: u.name.clone(), group: g.clone() });
             };
             append_member(&mut line[3], &u.name);
             if let Some(gs) = gshadow.find_mut(g) {
@@ -180,12 +150,7 @@ pub fn add_users(
         }
         let mut s = u.ssh_authorized_keys.join("\n");
         s.push('\n');
-        write_file(
-            root,
-            &format!("/etc/ssh/authorized_keys/{}", u.name),
-            s,
-            0o644,
-        )?;
+        write_file(root, &format!("/etc/ssh/authorized_keys/{}", u.name), s, 0o644)?;
     }
     Ok(created)
 }
@@ -216,20 +181,8 @@ mod tests {
     }
 
     fn base(root: &Path) {
-        write_file(
-            root,
-            "/etc/passwd",
-            "root:x:0:0:root:/root:/bin/bash\n",
-            0o644,
-        )
-        .unwrap();
-        write_file(
-            root,
-            "/etc/group",
-            "root:x:0:\nadm:x:4:\nusers:x:100:\n",
-            0o644,
-        )
-        .unwrap();
+        write_file(root, "/etc/passwd", "root:x:0:0:root:/root:/bin/bash\n", 0o644).unwrap();
+        write_file(root, "/etc/group", "root:x:0:\nadm:x:4:\nusers:x:100:\n", 0o644).unwrap();
         write_file(root, "/etc/shadow", "root:*:19000:0:99999:7:::\n", 0o640).unwrap();
         write_file(root, "/etc/gshadow", "root:*::\nadm:*::\n", 0o640).unwrap();
     }
@@ -241,20 +194,11 @@ mod tests {
         let made = add_users(d.path(), &[user("admin")], 1_700_000_000).unwrap();
         assert_eq!(made, vec![("admin".to_string(), 1000, 1000)]);
         let passwd = fs::read_to_string(d.path().join("etc/passwd")).unwrap();
-        assert!(
-            passwd.contains("admin:x:1000:1000:admin:/home/admin:/bin/bash"),
-            "{passwd}"
-        );
+        assert!(passwd.contains("admin:x:1000:1000:admin:/home/admin:/bin/bash"), "{passwd}");
         let group = fs::read_to_string(d.path().join("etc/group")).unwrap();
-        assert!(
-            group.contains("adm:x:4:admin") && group.contains("admin:x:1000:"),
-            "{group}"
-        );
+        assert!(group.contains("adm:x:4:admin") && group.contains("admin:x:1000:"), "{group}");
         let shadow = fs::read_to_string(d.path().join("etc/shadow")).unwrap();
-        assert!(
-            shadow.contains("admin:!:19675:"),
-            "locked, day from epoch: {shadow}"
-        );
+        assert!(shadow.contains("admin:!:19675:"), "locked, day from epoch: {shadow}");
         let keys = fs::read_to_string(d.path().join("etc/ssh/authorized_keys/admin")).unwrap();
         assert_eq!(keys, "ssh-ed25519 AAAAC3 test\n");
     }
@@ -265,15 +209,9 @@ mod tests {
         base(d.path());
         let mut u = user("admin");
         u.groups = vec!["wheel".into()];
-        assert!(matches!(
-            add_users(d.path(), &[u], 0),
-            Err(AccountError::UnknownGroup { .. })
-        ));
+        assert!(matches!(add_users(d.path(), &[u], 0), Err(AccountError::UnknownGroup { .. })));
         let mut u = user("x");
         u.uid = Some(0);
-        assert!(matches!(
-            add_users(d.path(), &[u], 0),
-            Err(AccountError::UidTaken { .. })
-        ));
+        assert!(matches!(add_users(d.path(), &[u], 0), Err(AccountError::UidTaken { .. })));
     }
 }

@@ -15,10 +15,7 @@ pub enum CustomizeError {
     #[error("{0}")]
     Io(#[from] std::io::Error),
     #[error("{what}: {source}")]
-    Context {
-        what: String,
-        source: std::io::Error,
-    },
+    Context { what: String, source: std::io::Error },
     #[error(transparent)]
     Accounts(#[from] accounts::AccountError),
     #[error(transparent)]
@@ -26,20 +23,11 @@ pub enum CustomizeError {
     #[error("time zone `{0}` is not in the image (/usr/share/zoneinfo); add `tzdata` to debian.packages")]
     NoTimezone(String),
     #[error("{recipe}: unit `{unit}` in services.{list} does not exist in the image")]
-    NoUnit {
-        recipe: String,
-        list: &'static str,
-        unit: String,
-    },
-    #[error(
-        "{recipe}: file[{index}]: owner `{owner}` or group `{group}` does not exist in the image"
-    )]
-    NoOwner {
-        recipe: String,
-        index: usize,
-        owner: String,
-        group: String,
-    },
+    NoUnit { recipe: String, list: &'static str, unit: String },
+    #[error("{recipe}: file[{index}]: owner `{owner}` or group `{group}` does not exist in the image")]
+    NoOwner { recipe: String, index: usize, owner: String, group: String },
+    #[error(transparent)]
+    K3s(#[from] super::k3s::K3sError),
 }
 
 trait Ctx<T> {
@@ -47,10 +35,7 @@ trait Ctx<T> {
 }
 impl<T> Ctx<T> for std::io::Result<T> {
     fn ctx(self, what: impl FnOnce() -> String) -> Result<T, CustomizeError> {
-        self.map_err(|source| CustomizeError::Context {
-            what: what(),
-            source,
-        })
+        self.map_err(|source| CustomizeError::Context { what: what(), source })
     }
 }
 
@@ -60,6 +45,10 @@ pub struct Input<'a> {
     pub version: &'a str,
     pub build_id: &'a str,
     pub epoch: u64,
+    /// The device updater binary to install as /usr/bin/edgeimg-updater.
+    pub updater: &'a Path,
+    /// K3s artifacts, when the recipe has a [k3s] section.
+    pub k3s: Option<&'a super::k3s::Fetched>,
 }
 
 /// What customization found out, for the report.
@@ -70,6 +59,8 @@ pub struct Summary {
     pub enabled: Vec<String>,
     pub masked: Vec<String>,
     pub files: usize,
+    pub updater_sha256: String,
+    pub k3s: Option<super::k3s::Installed>,
 }
 
 pub fn customize(root: &Path, input: &Input<'_>) -> Result<Summary, CustomizeError> {
@@ -77,12 +68,7 @@ pub fn customize(root: &Path, input: &Input<'_>) -> Result<Summary, CustomizeErr
     let mut summary = Summary::default();
 
     os_release(root, input)?;
-    write_file(
-        root,
-        "/etc/hostname",
-        format!("{}\n", r.image.hostname),
-        0o644,
-    )?;
+    write_file(root, "/etc/hostname", format!("{}\n", r.image.hostname), 0o644)?;
     write_file(
         root,
         "/etc/hosts",
@@ -95,11 +81,17 @@ pub fn customize(root: &Path, input: &Input<'_>) -> Result<Summary, CustomizeErr
     timezone(root, &r.image.timezone)?;
     system::machine_id(root)?;
     system::generators(root)?;
+    system::bless_guard(root)?;
     system::fstab(root)?;
     system::network(root)?;
     summary.ssh = system::ssh(root)?;
     if input.board.disk.grow_data {
         system::grow_data(root)?;
+    }
+
+    summary.updater_sha256 = system::device_agent(root, input.updater, input.epoch)?;
+    if let (Some(k), Some(f)) = (&r.k3s, input.k3s) {
+        summary.k3s = Some(super::k3s::install(root, k, input.recipe, f)?);
     }
 
     let made = accounts::add_users(root, &r.users, input.epoch)?;
@@ -139,11 +131,7 @@ fn os_release(root: &Path, input: &Input<'_>) -> Result<(), CustomizeError> {
     let base = fs::read_to_string(&path).ctx(|| format!("reading {}", path.display()))?;
     let mut out: String = base
         .lines()
-        .filter(|l| {
-            !l.starts_with("IMAGE_ID=")
-                && !l.starts_with("IMAGE_VERSION=")
-                && !l.starts_with("EDGEIMG_")
-        })
+        .filter(|l| !l.starts_with("IMAGE_ID=") && !l.starts_with("IMAGE_VERSION=") && !l.starts_with("EDGEIMG_"))
         .map(|l| format!("{l}\n"))
         .collect();
     let r = &input.recipe.recipe;
@@ -179,11 +167,7 @@ fn recipe_files(root: &Path, input: &Input<'_>) -> Result<usize, CustomizeError>
     for o in &rec.recipe.rootfs.overlays {
         let src = rec.dir.join(o);
         // Overlay files are owned by root in the image, whoever owns them in the checkout.
-        Cmd::new("cp")
-            .args(["-rT", "--no-preserve=ownership", "--preserve=mode,links"])
-            .arg(&src)
-            .arg(root)
-            .run()?;
+        Cmd::new("cp").args(["-rT", "--no-preserve=ownership", "--preserve=mode,links"]).arg(&src).arg(root).run()?;
     }
     for (index, f) in rec.recipe.files.iter().enumerate() {
         let bytes = match (&f.content, &f.source) {
@@ -218,50 +202,28 @@ fn unit_exists(root: &Path, unit: &str) -> bool {
         }
         _ => unit.to_string(),
     };
-    [
-        "/etc/systemd/system",
-        "/usr/lib/systemd/system",
-        "/lib/systemd/system",
-    ]
-    .iter()
-    .any(|d| {
-        in_root(root, &format!("{d}/{unit}")).exists()
-            || in_root(root, &format!("{d}/{base}")).exists()
-    })
+    ["/etc/systemd/system", "/usr/lib/systemd/system", "/lib/systemd/system"]
+        .iter()
+        .any(|d| in_root(root, &format!("{d}/{unit}")).exists() || in_root(root, &format!("{d}/{base}")).exists())
 }
 
-fn services(
-    root: &Path,
-    input: &Input<'_>,
-    ssh: bool,
-) -> Result<(Vec<String>, Vec<String>), CustomizeError> {
+fn services(root: &Path, input: &Input<'_>, ssh: bool) -> Result<(Vec<String>, Vec<String>), CustomizeError> {
     let s = &input.recipe.recipe.services;
     let recipe = input.recipe.source.path.display().to_string();
-    for (list, units) in [
-        ("enable", &s.enable),
-        ("disable", &s.disable),
-        ("mask", &s.mask),
-    ] {
+    for (list, units) in [("enable", &s.enable), ("disable", &s.disable), ("mask", &s.mask)] {
         for u in units {
             if list != "mask" && !unit_exists(root, u) {
-                return Err(CustomizeError::NoUnit {
-                    recipe: recipe.clone(),
-                    list,
-                    unit: u.clone(),
-                });
+                return Err(CustomizeError::NoUnit { recipe: recipe.clone(), list, unit: u.clone() });
             }
         }
     }
-    let mut enable: Vec<String> = system::default_enabled(root, ssh)
-        .iter()
-        .map(|s| s.to_string())
-        .collect();
+    let mut enable: Vec<String> = system::default_enabled(root, ssh).iter().map(|s| s.to_string()).collect();
+    if input.recipe.recipe.k3s.is_some() {
+        enable.push("k3s.service".into());
+    }
     enable.extend(s.enable.iter().cloned());
-    let mut mask: Vec<String> = system::MASKED_BY_DEFAULT
-        .iter()
-        .filter(|u| unit_exists(root, u))
-        .map(|s| s.to_string())
-        .collect();
+    let mut mask: Vec<String> =
+        system::MASKED_BY_DEFAULT.iter().filter(|u| unit_exists(root, u)).map(|s| s.to_string()).collect();
     mask.extend(s.mask.iter().cloned());
     let disable: Vec<String> = ["e2scrub_all.timer", "e2scrub_reap.service"]
         .iter()
@@ -274,11 +236,7 @@ fn services(
         if units.is_empty() {
             return Ok(());
         }
-        Cmd::new("systemctl")
-            .arg(format!("--root={}", root.display()))
-            .arg(verb)
-            .args(units)
-            .run()?;
+        Cmd::new("systemctl").arg(format!("--root={}", root.display())).arg(verb).args(units).run()?;
         Ok(())
     };
     systemctl("disable", &disable)?;

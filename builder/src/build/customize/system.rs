@@ -40,11 +40,7 @@ pub fn machine_id(root: &Path) -> io::Result<()> {
 pub fn generators(root: &Path) -> io::Result<()> {
     // systemd-ssh-generator probes AF_VSOCK at every boot (loading the Hyper-V and VMware
     // vsock modules) to offer sshd over vsock to a hypervisor; edge devices have none.
-    write_symlink(
-        root,
-        "/etc/systemd/system-generators/systemd-ssh-generator",
-        "/dev/null",
-    )
+    write_symlink(root, "/etc/systemd/system-generators/systemd-ssh-generator", "/dev/null")
 }
 
 /// Move the image's /var to the factory directory and describe it as tmpfiles.d lines so
@@ -72,12 +68,7 @@ pub fn var_to_factory(root: &Path) -> io::Result<()> {
             let target = fs::read_link(e.path())?;
             lines.push(format!("L {path} - - - - {}", target.display()));
         } else if meta.is_dir() {
-            lines.push(format!(
-                "d {path} {:04o} {} {} -",
-                meta.mode() & 0o7777,
-                meta.uid(),
-                meta.gid()
-            ));
+            lines.push(format!("d {path} {:04o} {} {} -", meta.mode() & 0o7777, meta.uid(), meta.gid()));
             let mut sub: Vec<_> = fs::read_dir(e.path())?.collect::<Result<_, _>>()?;
             sub.sort_by_key(|e| e.file_name());
             for s in sub {
@@ -94,12 +85,7 @@ pub fn var_to_factory(root: &Path) -> io::Result<()> {
         }
     }
     lines.push(String::new());
-    write_file(
-        root,
-        "/usr/lib/tmpfiles.d/00-edgeimg-var.conf",
-        lines.join("\n"),
-        0o644,
-    )
+    write_file(root, "/usr/lib/tmpfiles.d/00-edgeimg-var.conf", lines.join("\n"), 0o644)
 }
 
 /// Home directories live under /var/home (so on /data); /root likewise.
@@ -115,9 +101,7 @@ pub fn homes(root: &Path, users: &[(String, u32, u32)]) -> io::Result<()> {
          Z /var/roothome 0700 root root -\n",
     );
     for (name, uid, gid) in users.iter().filter(|(n, _, _)| n != "root") {
-        t.push_str(&format!(
-            "C /var/home/{name} - - - - /etc/skel\nZ /var/home/{name} 0700 {uid} {gid} -\n"
-        ));
+        t.push_str(&format!("C /var/home/{name} - - - - /etc/skel\nZ /var/home/{name} 0700 {uid} {gid} -\n"));
     }
     write_file(root, "/usr/lib/tmpfiles.d/01-edgeimg-home.conf", t, 0o644)
 }
@@ -148,11 +132,7 @@ pub fn network(root: &Path) -> io::Result<()> {
         0o644,
     )?;
     if in_root(root, "/usr/lib/systemd/systemd-resolved").exists() {
-        write_symlink(
-            root,
-            "/etc/resolv.conf",
-            "../run/systemd/resolve/stub-resolv.conf",
-        )?;
+        write_symlink(root, "/etc/resolv.conf", "../run/systemd/resolve/stub-resolv.conf")?;
     }
     Ok(())
 }
@@ -259,9 +239,42 @@ pub const MASKED_BY_DEFAULT: &[&str] = &[
     "systemd-machine-id-commit.service",
 ];
 
+/// The device agent: `/usr/bin/edgeimg-updater`, the provisioning service, and the
+/// clock floor (the system clock never starts before this release was built: K3s
+/// certificates and TUF expiry checks need a sane clock on boards without an RTC).
+/// Returns the sha256 of the installed updater.
+pub fn device_agent(root: &Path, updater: &Path, epoch: u64) -> io::Result<String> {
+    let bin = fs::read(updater)
+        .map_err(|e| io::Error::new(e.kind(), format!("reading the device updater {}: {e}", updater.display())))?;
+    write_file(root, "/usr/bin/edgeimg-updater", &bin, 0o755)?;
+    write_file(
+        root,
+        "/usr/lib/systemd/system/edgeimg-provision.service",
+        "# Written by edgeimg.\n\
+         [Unit]\n\
+         Description=Apply this device's provisioning file (hostname, cluster join)\n\
+         DefaultDependencies=no\n\
+         RequiresMountsFor=/data /efi /var/lib\n\
+         After=local-fs.target\n\
+         Before=sysinit.target network-pre.target shutdown.target\n\
+         Wants=network-pre.target\n\
+         Conflicts=shutdown.target\n\n\
+         [Service]\n\
+         Type=oneshot\n\
+         RemainAfterExit=yes\n\
+         ExecStart=/usr/bin/edgeimg-updater provision --boot-dir /efi\n\n\
+         [Install]\n\
+         WantedBy=sysinit.target\n",
+        0o644,
+    )?;
+    // systemd moves the clock forward to this file's mtime at boot (erofs -T sets it).
+    write_file(root, "/usr/lib/clock-epoch", format!("{epoch}\n"), 0o644)?;
+    Ok(crate::fsutil::sha256_bytes(&bin))
+}
+
 /// Services edgeimg itself needs enabled.
 pub fn default_enabled(root: &Path, ssh: bool) -> Vec<&'static str> {
-    let mut v = vec!["systemd-networkd.service", "edgeimg-grow-data.service"];
+    let mut v = vec!["systemd-networkd.service", "edgeimg-grow-data.service", "edgeimg-provision.service"];
     if in_root(root, "/usr/lib/systemd/system/systemd-resolved.service").exists() {
         v.push("systemd-resolved.service");
     }
@@ -272,4 +285,51 @@ pub fn default_enabled(root: &Path, ssh: bool) -> Vec<&'static str> {
         v.push("edgeimg-ssh-hostkeys.service");
     }
     v
+}
+
+/// systemd-bless-boot marks a tried entry good once boot-complete.target is reached; the
+/// guard makes sure that entry is the one that booted (see files/bless-guard).
+pub fn bless_guard(root: &Path) -> io::Result<()> {
+    write_file(root, "/usr/lib/edgeimg/bless-guard", include_str!("files/bless-guard"), 0o755)?;
+    write_file(
+        root,
+        "/usr/lib/systemd/system/systemd-bless-boot.service.d/50-edgeimg-guard.conf",
+        "# Written by edgeimg: never bless an entry other than the one that booted.\n\
+         [Service]\n\
+         ExecCondition=/usr/lib/edgeimg/bless-guard\n",
+        0o644,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+    use std::process::Command;
+
+    fn var(dir: &Path, name: &str, value: &str) {
+        let mut b = vec![7u8, 0, 0, 0];
+        for u in value.encode_utf16() {
+            b.extend_from_slice(&u.to_le_bytes());
+        }
+        b.extend_from_slice(&[0, 0]);
+        std::fs::write(dir.join(format!("{name}-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f")), b).unwrap();
+    }
+
+    fn guard(dir: &Path) -> i32 {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/build/customize/files/bless-guard");
+        Command::new("sh").arg(script).env("EFIVARS", dir).status().unwrap().code().unwrap()
+    }
+
+    #[test]
+    fn bless_guard_blesses_only_the_booted_entry() {
+        let d = tempfile::tempdir().unwrap();
+        assert_eq!(guard(d.path()), 1, "no boot counting: nothing to bless");
+        var(d.path(), "LoaderBootCountPath", "\\loader\\entries\\slot-b+0-1.conf");
+        var(d.path(), "LoaderEntrySelected", "slot-b.conf");
+        assert_eq!(guard(d.path()), 0, "the counted entry booted");
+        var(d.path(), "LoaderEntrySelected", "slot-a.conf");
+        assert_eq!(guard(d.path()), 1, "stale count path from a failed try of B; A booted");
+        var(d.path(), "LoaderBootCountPath", "\\loader\\entries\\slot-a+2.conf");
+        assert_eq!(guard(d.path()), 0);
+    }
 }

@@ -1,4 +1,7 @@
 #!/bin/sh
+# Also creates the directories the root expects on /data (etc/, var/): the data partition
+# ships empty, and a wiped or re-formatted one must boot the same way.
+#
 # The root filesystem is read-only and shared by every device, so /etc/machine-id is an
 # empty file in it. Each device keeps its own id on /data (created on the first boot,
 # written atomically) and it is bind-mounted over /etc/machine-id before systemd starts
@@ -6,7 +9,7 @@
 set -eu
 data=/sysroot/data
 mountpoint -q "$data" || { echo "edgeimg: $data not mounted, machine-id stays transient"; exit 0; }
-mkdir -p "$data/etc"
+mkdir -p "$data/etc" "$data/var"
 id=$(cat "$data/etc/machine-id" 2>/dev/null || true)
 case "$id" in
     *[!0-9a-f]*|"") valid=no ;;

@@ -1,0 +1,94 @@
+//! The per-device provisioning file: what differs between devices flashed from the same
+//! image (hostname, join token, server URL). It never goes into an image: the user drops
+//! it on the boot partition after flashing (`edgeimg flash --provision`), and the device
+//! moves it to /data on the next boot.
+
+use serde::{Deserialize, Serialize};
+
+/// File name on the boot partition (and under /data/edgeimg/ once moved).
+pub const FILE_NAME: &str = "edgeimg-provision.toml";
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Provision {
+    /// Hostname for this device (also its Kubernetes node name).
+    #[serde(default)]
+    pub hostname: Option<String>,
+    #[serde(default)]
+    pub k3s: Option<K3sJoin>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct K3sJoin {
+    /// Cluster join token (secret).
+    #[serde(default)]
+    pub token: Option<String>,
+    /// URL of an existing server to join, e.g. https://10.0.0.1:6443.
+    #[serde(default)]
+    pub server: Option<String>,
+}
+
+impl Provision {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let p: Provision = toml::from_str(text).map_err(|e| e.to_string())?;
+        p.validate()?;
+        Ok(p)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if let Some(h) = &self.hostname {
+            let ok = !h.is_empty()
+                && h.len() <= 63
+                && h.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !h.starts_with('-')
+                && !h.ends_with('-');
+            if !ok {
+                return Err(format!("hostname `{h}`: use 1-63 letters, digits and '-'"));
+            }
+        }
+        if let Some(k) = &self.k3s {
+            if let Some(s) = &k.server {
+                if !s.starts_with("https://") {
+                    return Err(format!("k3s.server `{s}` must be an https:// URL"));
+                }
+            }
+            if let Some(t) = &k.token {
+                if t.is_empty() || t.contains(['\n', '\r']) {
+                    return Err("k3s.token must be one line".into());
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Redacted Debug for logs: the token never appears.
+impl Provision {
+    pub fn summary(&self) -> String {
+        format!(
+            "hostname={} k3s.server={} k3s.token={}",
+            self.hostname.as_deref().unwrap_or("-"),
+            self.k3s.as_ref().and_then(|k| k.server.as_deref()).unwrap_or("-"),
+            if self.k3s.as_ref().and_then(|k| k.token.as_ref()).is_some() { "(set)" } else { "-" }
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parse_validate_and_redact() {
+        let p = Provision::parse(
+            "hostname = \"shop-042\"\n[k3s]\ntoken = \"K10abc::server:secret\"\nserver = \"https://10.0.0.1:6443\"\n",
+        )
+        .unwrap();
+        assert_eq!(p.hostname.as_deref(), Some("shop-042"));
+        assert!(!p.summary().contains("secret"));
+        assert!(Provision::parse("hostname = \"bad name\"\n").is_err());
+        assert!(Provision::parse("[k3s]\nserver = \"http://x\"\n").is_err());
+        assert!(Provision::parse("wifi = 1\n").is_err());
+    }
+}
