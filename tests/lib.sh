@@ -1,0 +1,87 @@
+# Shared helpers for the system tests (sourced). Each test script:
+#   - builds what it needs with the real edgeimg binary,
+#   - boots it with tests/qemu-boot,
+#   - asserts on the serial log (EDGEIMG-SELFTEST lines) and on files.
+# Logs stay in $TEST_WORK/<test>/ ; the path is printed on failure.
+
+set -euo pipefail
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+EDGEIMG=${EDGEIMG:-$ROOT/target/release/edgeimg}
+TEST_WORK=${EDGEIMG_TEST_WORK:-/tmp/edgeimg-tests}
+# One fixed timestamp for every test build: reproducibility is asserted against it.
+export SOURCE_DATE_EPOCH=${SOURCE_DATE_EPOCH:-1760000000}
+export EDGEIMG_CACHE=${EDGEIMG_CACHE:-$TEST_WORK/cache}
+
+test_name=$(basename "$0" .sh)
+T=$TEST_WORK/$test_name
+mkdir -p "$T"
+checks=0
+
+log() { printf '\033[1m[%s]\033[0m %s\n' "$test_name" "$*"; }
+fail() {
+    printf '\033[31m[%s] FAIL: %s\033[0m\n' "$test_name" "$*" >&2
+    printf '[%s] logs and images are in %s\n' "$test_name" "$T" >&2
+    exit 1
+}
+ok() { checks=$((checks + 1)); printf '  ok  %s\n' "$*"; }
+
+# value KEY LOG: the value of the last "EDGEIMG-SELFTEST KEY=value" line in a serial log.
+value() {
+    grep -a -o "EDGEIMG-SELFTEST $1=.*" "$2" | tail -n 1 | sed "s/^EDGEIMG-SELFTEST $1=//" | tr -d '\r'
+}
+# expect KEY VALUE LOG
+expect() {
+    local got
+    got=$(value "$1" "$3")
+    [ "$got" = "$2" ] || fail "$1: expected '$2', got '$got' (serial log $3)"
+    ok "$1 = $2"
+}
+# expect_match KEY REGEX LOG
+expect_match() {
+    local got
+    got=$(value "$1" "$3")
+    [[ "$got" =~ $2 ]] || fail "$1: '$got' does not match /$2/ (serial log $3)"
+    ok "$1 = $got"
+}
+# must_fail DESCRIPTION EXPECTED_SUBSTRING -- command...: the command fails and says so.
+must_fail() {
+    local what=$1 needle=$2
+    shift 3
+    local out rc=0
+    out=$("$@" 2>&1) || rc=$?
+    [ "$rc" -ne 0 ] || fail "$what: command succeeded: $*"
+    grep -qF -- "$needle" <<<"$out" || fail "$what: error does not mention '$needle':"$'\n'"$out"
+    ok "$what: $(grep -F -- "$needle" <<<"$out" | head -n 1 | cut -c1-150)"
+}
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN{printf "%.1f", b-a}'; }
+done_ok() { log "passed ($checks checks)"; }
+
+# part_offset DISK LABEL: byte offset of a partition, read with sgdisk.
+part_offset() {
+    local n
+    n=$(sgdisk -p "$1" | awk -v l="$2" '$7 == l {print $1}')
+    [ -n "$n" ] || fail "no partition $2 in $1"
+    echo $(( $(sgdisk -i "$n" "$1" | awk '/First sector/ {print $3}') * 512 ))
+}
+
+# install_slot DISK PAYLOAD_DIR SLOT TRIES [ROOTHASH]: put a payload into a slot of a disk
+# image the way the updater does (root and verity partitions, kernel and initrd on the
+# ESP, a boot entry with TRIES tries and a higher version), with independent tools. A
+# ROOTHASH argument replaces the payload's in the command line (to make a slot that fails).
+install_slot() {
+    local disk=$1 p=$2 slot=$3 tries=$4 badhash=${5:-}
+    local esp=$disk@@$(part_offset "$disk" esp)
+    dd if="$p/root.img" of="$disk" bs=1M seek="$(( $(part_offset "$disk" "root-$slot") / 1048576 ))" conv=notrunc,sparse status=none
+    dd if="$p/root.verity" of="$disk" bs=1M seek="$(( $(part_offset "$disk" "verity-$slot") / 1048576 ))" conv=notrunc,sparse status=none
+    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$p/linux" "::/edgeimg/slot-$slot/linux"
+    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$p/initrd" "::/edgeimg/slot-$slot/initrd"
+    local cmdline
+    cmdline=$(jq -r ".slots.$slot.cmdline" "$p/payload.json")
+    if [ -n "$badhash" ]; then
+        cmdline=$(sed "s/roothash=[0-9a-f]*/roothash=$badhash/" <<<"$cmdline")
+    fi
+    printf 'title      test slot %s\nsort-key   edgeimg\nversion    2\nlinux      /edgeimg/slot-%s/linux\ninitrd     /edgeimg/slot-%s/initrd\noptions    %s\n' \
+        "$slot" "$slot" "$slot" "$cmdline" >"$T/entry.conf"
+    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$T/entry.conf" "::/loader/entries/slot-$slot+$tries.conf"
+}

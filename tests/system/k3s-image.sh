@@ -1,0 +1,157 @@
+#!/bin/bash
+# K3s baked in: a recipe with the K3s stand-in (served with a pinned sha256 from a mirror on
+# 127.0.0.1), the upstream-style airgap archive, and two images from a docker-registry on
+# 127.0.0.1 (a multi-arch index pinned by digest, and a tag resolved by `edgeimg lock`).
+# Checks the archives with independent tools (sha256sum, skopeo, Debian's containerd),
+# boots the image (the stand-in imports the archives through edgeimg's symlinks and runs
+# the image offline), provisioning from the boot partition, and the build's errors.
+source "$(dirname "$0")/../lib.sh"
+source "$ROOT/tests/lib-images.sh"
+trap 'stop_services; [ -n "${CTRD_PID:-}" ] && kill "$CTRD_PID" 2>/dev/null; true' EXIT
+
+rm -rf "$T/out" "$T/recipe" "$T/x" "$T"/*.log
+log "inputs on 127.0.0.1: registry, test images, K3s stand-in mirror"
+start_registry "$T/registry"
+make_test_images "$T/inputs"
+start_mirror "$T/inputs/mirror"
+ok "registry $REGISTRY: edgeimg/hello:1.0 = $HELLO_DIGEST, edgeimg/app:2.0 = $APP_DIGEST"
+K3S_SHA256=$(sha256sum <"$ROOT/tests/k3s-standin/k3s" | cut -c1-64)
+AIRGAP_AMD64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-amd64.tar.zst" | cut -c1-64)
+AIRGAP_ARM64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-arm64.tar.zst" | cut -c1-64)
+
+R=$T/recipe
+mkdir -p "$R"
+cp -r "$ROOT/tests/recipes/selftest-overlay" "$ROOT/tests/recipes/k3s-test-overlay" "$ROOT/tests/recipes/k3s-test" "$R/"
+render() { # render OUT [sed expressions...]
+    local out=$1; shift
+    sed -e "s|@MIRROR_PORT@|$MIRROR_PORT|g; s|@REGISTRY_PORT@|$REGISTRY_PORT|g; s|@K3S_SHA256@|$K3S_SHA256|g" \
+        -e "s|@AIRGAP_AMD64@|$AIRGAP_AMD64|g; s|@AIRGAP_ARM64@|$AIRGAP_ARM64|g; s|@HELLO_DIGEST@|$HELLO_DIGEST|g" \
+        "$@" "$ROOT/tests/recipes/k3s-test.toml.in" >"$out"
+}
+render "$R/k3s-test.toml"
+build() { "$EDGEIMG" build --board qemu-x86_64 --out "$T/out" "$@"; }
+
+log "an image given by tag only and not locked is refused"
+must_fail "unpinned image" "edgeimg/app:2.0\` is not pinned" -- build --recipe "$R/k3s-test.toml"
+must_fail "unpinned image" "edgeimg lock --recipe" -- build --recipe "$R/k3s-test.toml"
+
+log "edgeimg lock resolves the tag"
+"$EDGEIMG" lock --recipe "$R/k3s-test.toml" >"$T/lock.log" 2>&1 || { cat "$T/lock.log"; fail "edgeimg lock failed"; }
+grep -q "\"$REGISTRY/edgeimg/app:2.0\" = \"$APP_DIGEST\"" "$R/k3s-test.lock" || fail "lock file does not pin app:2.0 to $APP_DIGEST: $(cat "$R/k3s-test.lock")"
+ok "k3s-test.lock: $REGISTRY/edgeimg/app:2.0 = $APP_DIGEST"
+
+log "building the K3s image"
+t0=$(now)
+build --recipe "$R/k3s-test.toml" >"$T/build.log" 2>&1 || { tail -n 30 "$T/build.log"; fail "build failed ($T/build.log)"; }
+ok "built in $(elapsed "$t0") s"
+B=$T/out/qemu-x86_64/k3s-test/1.0.0
+jq -e --arg s "$K3S_SHA256" '.k3s.binary_sha256 == $s and .k3s.version == "v1.34.2+k3s1" and .k3s.import_cache == false' "$B/report.json" >/dev/null \
+    || fail "report.json k3s section wrong: $(jq -c .k3s "$B/report.json")"
+ok "report: K3s v1.34.2+k3s1, binary sha256 ${K3S_SHA256:0:16}…, import cache off (v1.34.2 lacks the July 2026 fixes)"
+jq -e '.k3s.images.images | length == 2' "$B/report.json" >/dev/null || fail "report lists $(jq '.k3s.images.images | length' "$B/report.json") images, want 2"
+shared=$(jq .k3s.images.shared_bytes "$B/report.json")
+[ "$shared" -gt 0 ] || fail "the two images share busybox's layer, but nothing was stored once"
+ok "images archive $(jq .k3s.images.size "$B/report.json") bytes; $shared bytes of shared layers stored once"
+for n in k3s k3s-airgap-images-amd64.tar.zst "$REGISTRY/edgeimg/hello" "$REGISTRY/edgeimg/app"; do
+    jq -e --arg n "$n" '[.packages[].name] | index($n) != null' "$B/sbom.spdx.json" >/dev/null || fail "SBOM lacks $n"
+done
+jq -e --arg s "$K3S_SHA256" '.packages[] | select(.name == "k3s") | .checksums[0].checksumValue == $s' "$B/sbom.spdx.json" >/dev/null || fail "SBOM k3s checksum"
+ok "SBOM lists k3s (with sha256), the airgap archive and both images"
+
+log "the archives inside the verity root, checked with independent tools"
+fsck.erofs --extract="$T/x" "$B/payload/root.img" >/dev/null 2>&1 || fail "fsck.erofs --extract failed"
+cmp "$T/x/usr/local/bin/k3s" "$ROOT/tests/k3s-standin/k3s" || fail "/usr/local/bin/k3s is not the pinned binary"
+ok "/usr/local/bin/k3s is the pinned binary"
+A=$(ls "$T"/x/usr/lib/edgeimg/k3s/images/edgeimg-images-*.tar)
+mkdir -p "$T/x/archive" && tar -xf "$A" -C "$T/x/archive"
+for f in "$T"/x/archive/blobs/sha256/*; do
+    [ "$(sha256sum <"$f" | cut -c1-64)" = "$(basename "$f")" ] || fail "blob $(basename "$f") does not match its digest"
+done
+ok "every blob in $(basename "$A") matches its digest ($(ls "$T/x/archive/blobs/sha256" | wc -l) blobs)"
+for ref in "$REGISTRY/edgeimg/hello:1.0" "$REGISTRY/edgeimg/app:2.0"; do
+    arch=$(skopeo inspect "oci-archive:$A:$ref" | jq -r .Architecture) || fail "skopeo cannot read $ref from the archive"
+    [ "$arch" = amd64 ] || fail "$ref in the archive is $arch, want amd64"
+done
+ok "skopeo reads both images from the archive, both linux/amd64"
+mkdir -p "$T/ctrd"
+containerd --root "$T/ctrd/root" --state "$T/ctrd/state" --address "$T/ctrd/sock" >"$T/ctrd/log" 2>&1 &
+CTRD_PID=$!
+for _ in $(seq 60); do ctr --address "$T/ctrd/sock" version >/dev/null 2>&1 && break; sleep 0.5; done
+ctr --address "$T/ctrd/sock" -n k8s.io images import "$A" >"$T/ctrd/import.log" 2>&1 || fail "containerd cannot import the archive ($T/ctrd/import.log)"
+got=$(ctr --address "$T/ctrd/sock" -n k8s.io images ls | awk -v r="$REGISTRY/edgeimg/hello:1.0" '$1 == r {print $3}')
+[ "$got" = "$HELLO_DIGEST" ] || fail "containerd imported hello:1.0 as '$got', want $HELLO_DIGEST"
+ok "containerd imports hello:1.0 with the pinned index digest"
+out=$(ctr --address "$T/ctrd/sock" -n k8s.io run --rm "$REGISTRY/edgeimg/hello:1.0" edgeimg-test /bin/cat /hello.txt 2>&1) || fail "containerd cannot run the image: $out"
+[ "$out" = "hello from the edgeimg test image (amd64)" ] || fail "unexpected output: $out"
+ok "containerd + runc run it offline: \"$out\""
+kill "$CTRD_PID"; wait "$CTRD_PID" 2>/dev/null || true; CTRD_PID=
+
+log "boot: K3s (stand-in) imports the baked archives and runs the image; provisioning from the boot partition"
+cp --sparse=always "$B/disk.img" "$T/disk.img"
+printf 'hostname = "shop-042"\n[k3s]\ntoken = "K10-INSECURE-test-token"\n' >"$T/edgeimg-provision.toml"
+MTOOLS_SKIP_CHECK=1 mcopy -i "$T/disk.img@@$(part_offset "$T/disk.img" esp)" "$T/edgeimg-provision.toml" ::/edgeimg-provision.toml
+t0=$(now)
+"$ROOT/tests/qemu-boot" --poweroff --timeout 700 --in-place --log "$T/boot.log" "$T/disk.img" || fail "boot failed (serial log $T/boot.log)"
+grep -aq "EDGEIMG-SELFTEST end" "$T/boot.log" || fail "the self-test did not finish (serial log $T/boot.log)"
+ok "booted and powered off in $(elapsed "$t0") s"
+L=$T/boot.log
+expect k3s-active active "$L"
+expect k3s-prepare active "$L"
+expect_match k3s-links "edgeimg-images-[0-9a-f]{16}\.tar->/usr/lib/edgeimg/k3s/images/edgeimg-images-" "$L"
+expect_match k3s-links "k3s-airgap-images-amd64-[0-9a-f]{16}\.tar\.zst->/usr/lib/edgeimg/k3s/images/" "$L"
+expect k3s-cache-json no "$L"
+expect k3s-manifests "edgeimg-hello.yaml," "$L"
+expect k3s-node-ready True "$L"
+expect k3s-kubeconfig-link /var/lib/rancher/k3s/k3s.yaml "$L"
+expect k3s-node-dir /var/lib/rancher/node "$L"
+expect provision-hostname shop-042 "$L"
+expect failed-units "" "$L"
+grep -aq "EDGEIMG-K3S token-file /var/lib/edgeimg/k3s/token present=yes" "$L" || fail "K3s did not get the provisioned token file"
+ok "K3s got the provisioned token as a file (K3S_TOKEN_FILE), not in its config"
+grep -a "EDGEIMG-K3S import file=edgeimg-images-" "$L" | grep -aq "rc=0" || fail "the stand-in could not import the images archive"
+grep -a "EDGEIMG-K3S import file=k3s-airgap-images-amd64" "$L" | grep -aq "rc=0" || fail "the stand-in could not import the airgap archive"
+ok "containerd in the guest imported both archives through the symlinks"
+grep -aq "EDGEIMG-K3S image $REGISTRY/edgeimg/hello:1.0 $HELLO_DIGEST" "$L" || fail "hello:1.0 not imported with its digest"
+grep -aq "EDGEIMG-K3S image docker.io/rancher/mirrored-pause:3.6 " "$L" || fail "the airgap image is not imported under its name"
+grep -a "EDGEIMG-K3S image $REGISTRY/edgeimg/hello:1.0 " "$L" | grep -aq "io.cri-containerd.pinned=pinned" || fail "imported images are not pinned against GC"
+ok "images in the guest: hello:1.0 @ ${HELLO_DIGEST:7:12}…, app:2.0, rancher/mirrored-pause:3.6, all pinned against GC"
+grep -aq "EDGEIMG-K3S run image=$REGISTRY/edgeimg/hello:1.0 rc=0 output=hello from the edgeimg test image (amd64)" "$L" \
+    || fail "the pre-pulled image did not run offline: $(grep -a 'EDGEIMG-K3S run' "$L" | head -n 1)"
+ok "the pre-pulled image ran offline in the guest"
+MTOOLS_SKIP_CHECK=1 mdir -b -i "$T/disk.img@@$(part_offset "$T/disk.img" esp)" :: | grep -q edgeimg-provision && fail "the provisioning file (with a token) is still on the boot partition"
+ok "the provisioning file left the boot partition"
+rm -f "$T/disk.img"
+
+log "rebuild with a warm cache: same bytes, pull time"
+t0=$(now)
+"$EDGEIMG" build --board qemu-x86_64 --out "$T/out2" --recipe "$R/k3s-test.toml" >"$T/build2.log" 2>&1 || fail "rebuild failed"
+ok "warm rebuild in $(elapsed "$t0") s; k3s step (cached downloads + pulls + archive) $(jq '.timings_seconds.k3s' "$T/out2/qemu-x86_64/k3s-test/1.0.0/report.json") s"
+cmp -s "$B/disk.img" "$T/out2/qemu-x86_64/k3s-test/1.0.0/disk.img" || fail "the rebuild differs"
+ok "the rebuild's disk.img is identical"
+rm -rf "$T/out2"
+
+log "bad inputs fail the build, name the artifact, leave nothing behind"
+render "$R/bad-sha.toml" -e "s|sha256 = { amd64 = \"$K3S_SHA256\"|sha256 = { amd64 = \"$(printf '1%.0s' {1..64})\"|"
+cp "$R/k3s-test.lock" "$R/bad-sha.lock"
+must_fail "wrong K3s sha256" "K3s v1.34.2+k3s1 binary (k3s)" -- build --recipe "$R/bad-sha.toml"
+must_fail "wrong K3s sha256" "but the recipe pins $(printf '1%.0s' {1..64})" -- build --recipe "$R/bad-sha.toml"
+must_fail "wrong K3s sha256" "has sha256 $K3S_SHA256" -- build --recipe "$R/bad-sha.toml"
+# A digest nothing has cached (a cached one would not need the registry at all: blobs are
+# content-addressed, wherever they came from).
+uncached=sha256:$(printf 'not in any cache' | sha256sum | cut -c1-64)
+render "$R/bad-registry.toml" -e "s|$REGISTRY/edgeimg/app:2.0\"|127.0.0.1:1/edgeimg/app:2.0@$uncached\"|"
+must_fail "unreachable registry" "registry 127.0.0.1:1 did not answer" -- build --recipe "$R/bad-registry.toml"
+# A registry that serves other bytes for a digest: tamper hello's amd64 layer in its storage.
+layer=$(jq -r '.layers[-1].digest' "$T/inputs/layout/blobs/sha256/$(jq -r '.manifests[] | select(.platform.architecture == "amd64") | .digest' "$T/inputs/layout/blobs/sha256/${HELLO_DIGEST#sha256:}" | cut -d: -f2)")
+hexd=${layer#sha256:}
+data=$T/registry/storage/docker/registry/v2/blobs/sha256/${hexd:0:2}/$hexd/data
+[ -f "$data" ] || fail "cannot find layer $layer in the registry storage"
+printf 'tampered' >>"$data"
+rm -f "$EDGEIMG_CACHE/blobs/sha256/$hexd"
+must_fail "digest mismatch from the registry" "layer $layer: the registry sent content with digest" -- build --recipe "$R/k3s-test.toml"
+ls "$EDGEIMG_CACHE/blobs/sha256/$hexd" >/dev/null 2>&1 && fail "the tampered blob entered the cache"
+ok "the tampered layer was not cached"
+[ -z "$(find "$T/out" -maxdepth 3 -name '.*partial*')" ] || fail "a failed build left a partial directory"
+[ "$(ls "$T/out/qemu-x86_64/k3s-test")" = "1.0.0" ] || fail "failed builds left output: $(ls "$T/out/qemu-x86_64/k3s-test")"
+ok "no output left by the failed builds"
+done_ok
