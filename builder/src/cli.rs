@@ -25,6 +25,8 @@ pub struct Cli {
 pub enum Command {
     /// Build a flashable A/B disk image and update payload from a board and a recipe.
     Build(BuildArgs),
+    /// Write a disk image to an SD card, eMMC or USB stick (bmap-aware, verified).
+    Flash(crate::flash::FlashArgs),
     /// Resolve the recipe's image tags to digests and record them in its lock file.
     Lock {
         /// Recipe file; the lock file is written beside it (`<recipe>.lock`).
@@ -132,6 +134,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Flash(args) => crate::flash::run(args, cli.json),
         Command::Lock { recipe, update, insecure_registries, cache_dir } => {
             let cache = cache_dir.unwrap_or_else(default_cache);
             let changes = crate::oci::lock::lock_recipe(&recipe, update, &insecure_registries, &cache)?;

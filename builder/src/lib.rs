@@ -7,6 +7,7 @@ pub mod build;
 pub mod cli;
 pub mod config;
 pub mod download;
+pub mod flash;
 pub mod fsutil;
 pub mod gpt;
 pub mod inspect;
