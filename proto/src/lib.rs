@@ -1,9 +1,12 @@
 //! Formats that the host tools and the device must agree on: slot and partition naming,
-//! the update payload manifest, and (later) release manifests, channels and reports.
+//! the update payload manifest, release manifests, rollout channels, device reports.
 
+pub mod channel;
 pub mod k3s;
 pub mod payload;
 pub mod provision;
+pub mod release;
+pub mod report;
 pub mod slot;
 
 pub use payload::{Artifact, ArtifactKind, BootFile, Payload, SlotBoot};

@@ -1,0 +1,112 @@
+//! Release manifests: what the offline release keys vouch for. One per (image, board,
+//! version), published as a TUF target of the top-level targets role next to its
+//! artifacts. The device trusts an artifact only through this manifest, and the manifest
+//! only through TUF.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::payload::{ArtifactKind, SlotBoot};
+use crate::slot::Slot;
+
+/// Newer formats are refused by older updaters (they say "update the updater first").
+pub const RELEASE_FORMAT: u32 = 1;
+
+/// Separator of the parts of a TUF target name. Target names are flat (no '/'), so that
+/// every TUF client finds them at the same URL; '~' appears in no board, image or version
+/// name and needs no escaping in a URL.
+pub const SEP: char = '~';
+
+/// TUF target name of a release's file: `<image>~<board>~<version>~<file>`.
+pub fn target_name(image: &str, board: &str, version: &str, file: &str) -> String {
+    format!("{image}{SEP}{board}{SEP}{version}{SEP}{file}")
+}
+
+/// TUF target name of a release manifest.
+pub fn manifest_target(image: &str, board: &str, version: &str) -> String {
+    target_name(image, board, version, "release.json")
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseManifest {
+    pub format: u32,
+    pub image: String,
+    pub board: String,
+    pub arch: String,
+    /// Semantic version of the release.
+    pub version: String,
+    /// Monotonic security version: devices never install a release below the highest
+    /// security version they have committed (anti-rollback), whatever a channel says.
+    pub security_version: u64,
+    /// Oldest updater that understands this release.
+    pub min_updater_version: String,
+    pub build_id: String,
+    /// dm-verity root hash of the root image.
+    pub roothash: String,
+    /// When the release was published (RFC 3339).
+    pub published: String,
+    pub artifacts: Vec<ReleaseArtifact>,
+    /// Boot files and command line for each slot.
+    pub slots: BTreeMap<Slot, SlotBoot>,
+    /// PCR index → expected value (hex) after booting this release, for attestation.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub expected_pcrs: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReleaseArtifact {
+    /// Name in the build's payload directory (e.g. root.img).
+    pub name: String,
+    pub kind: ArtifactKind,
+    /// TUF target name to download.
+    pub target: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+impl ReleaseManifest {
+    pub fn artifact(&self, kind: ArtifactKind) -> Option<&ReleaseArtifact> {
+        self.artifacts.iter().find(|a| a.kind == kind)
+    }
+
+    pub fn artifact_named(&self, name: &str) -> Option<&ReleaseArtifact> {
+        self.artifacts.iter().find(|a| a.name == name)
+    }
+
+    /// Total bytes a full install downloads.
+    pub fn download_size(&self) -> u64 {
+        self.artifacts.iter().map(|a| a.size).sum()
+    }
+}
+
+/// Compare two semantic versions; unparsable versions sort first.
+pub fn compare_versions(a: &str, b: &str) -> std::cmp::Ordering {
+    match (semver::Version::parse(a), semver::Version::parse(b)) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        (Ok(_), Err(_)) => std::cmp::Ordering::Greater,
+        (Err(_), Ok(_)) => std::cmp::Ordering::Less,
+        (Err(_), Err(_)) => a.cmp(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn names_are_flat() {
+        let n = target_name("k3s-edge", "rpi4", "1.4.0-rc.1", "root.img");
+        assert_eq!(n, "k3s-edge~rpi4~1.4.0-rc.1~root.img");
+        assert!(!n.contains('/'));
+        assert_eq!(manifest_target("a", "b", "1.0.0"), "a~b~1.0.0~release.json");
+    }
+
+    #[test]
+    fn versions() {
+        assert_eq!(compare_versions("1.10.0", "1.9.0"), Ordering::Greater);
+        assert_eq!(compare_versions("1.0.0-rc.1", "1.0.0"), Ordering::Less);
+        assert_eq!(compare_versions("2.0.0", "2.0.0"), Ordering::Equal);
+    }
+}

@@ -1,0 +1,191 @@
+//! `edgeimg publish`: add a build's payload and its release manifest to the repository,
+//! signed by the offline targets key (plus snapshot and timestamp).
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::num::NonZeroU64;
+use std::path::{Path, PathBuf};
+
+use edgeimg_proto::payload::Payload;
+use edgeimg_proto::release::{manifest_target, target_name, ReleaseArtifact, ReleaseManifest, RELEASE_FORMAT};
+use sha2::{Digest, Sha256};
+use tough::editor::signed::PathExists;
+use tough::editor::RepositoryEditor;
+use tough::schema::{PathPattern, PathSet, Target};
+use tough::TargetName;
+
+use crate::keys::{KeyDir, KeyName, ROLLOUT_ROLE};
+use crate::{expires_in, tough_err, Error, Lifetimes, Repo, Result};
+
+#[derive(Debug, Clone)]
+pub struct PublishOptions {
+    /// A build output directory (`out/<board>/<image>/<version>/`).
+    pub build_dir: PathBuf,
+    pub security_version: u64,
+    pub min_updater_version: String,
+    pub expected_pcrs: BTreeMap<String, String>,
+    pub lifetimes: Lifetimes,
+    pub now: jiff::Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub manifest: ReleaseManifest,
+    pub manifest_target: String,
+    /// The repository was created by this publish.
+    pub created: bool,
+    pub targets_version: u64,
+}
+
+fn sha256_file(path: &Path) -> Result<(u64, String)> {
+    let mut f = std::fs::File::open(path).map_err(|source| Error::Io { path: path.into(), source })?;
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut n = 0u64;
+    loop {
+        let r = f.read(&mut buf).map_err(|source| Error::Io { path: path.into(), source })?;
+        if r == 0 {
+            break;
+        }
+        h.update(&buf[..r]);
+        n += r as u64;
+    }
+    Ok((n, hex::encode(h.finalize())))
+}
+
+fn target_name_of(s: &str) -> Result<TargetName> {
+    TargetName::new(s).map_err(tough_err(format!("target name {s}")))
+}
+
+/// Read and check a build's payload: every artifact must match payload.json.
+pub fn read_payload(build_dir: &Path) -> Result<Payload> {
+    let p = build_dir.join("payload").join("payload.json");
+    let bytes = std::fs::read(&p).map_err(|source| Error::Io { path: p.clone(), source })?;
+    let payload: Payload = serde_json::from_slice(&bytes)
+        .map_err(|e| Error::Invalid(format!("{}: not an edgeimg payload manifest: {e}", p.display())))?;
+    for a in &payload.artifacts {
+        let f = build_dir.join("payload").join(&a.name);
+        let (size, sha) = sha256_file(&f)?;
+        if size != a.size || sha != a.sha256 {
+            return Err(Error::Refused(format!(
+                "{} does not match payload.json (size {size} vs {}, sha256 {sha} vs {}): the build output was changed after the build; rebuild it",
+                f.display(),
+                a.size,
+                a.sha256
+            )));
+        }
+    }
+    Ok(payload)
+}
+
+pub async fn publish(repo: &Repo, keys: &KeyDir, opts: &PublishOptions) -> Result<Published> {
+    let _lock = repo.lock()?;
+    let payload = read_payload(&opts.build_dir)?;
+    let names = |file: &str| target_name(&payload.image, &payload.board, &payload.version, file);
+    let manifest = ReleaseManifest {
+        format: RELEASE_FORMAT,
+        image: payload.image.clone(),
+        board: payload.board.clone(),
+        arch: payload.arch.clone(),
+        version: payload.version.clone(),
+        security_version: opts.security_version,
+        min_updater_version: opts.min_updater_version.clone(),
+        build_id: payload.build_id.clone(),
+        roothash: payload.roothash.clone(),
+        published: crate::round_seconds(opts.now).to_string(),
+        artifacts: payload
+            .artifacts
+            .iter()
+            .map(|a| ReleaseArtifact {
+                name: a.name.clone(),
+                kind: a.kind,
+                target: names(&a.name),
+                size: a.size,
+                sha256: a.sha256.clone(),
+            })
+            .collect(),
+        slots: payload.slots.clone(),
+        expected_pcrs: opts.expected_pcrs.clone(),
+    };
+    let manifest_name = manifest_target(&payload.image, &payload.board, &payload.version);
+
+    let (mut editor, created, versions) = if repo.exists() {
+        let loaded = repo.load().await?;
+        if loaded.targets().signed.targets.contains_key(&target_name_of(&manifest_name)?) {
+            return Err(Error::Refused(format!(
+                "{} {} for {} is already published; releases are immutable: build a new version",
+                payload.image, payload.version, payload.board
+            )));
+        }
+        let v = (
+            loaded.targets().signed.version.get(),
+            loaded.snapshot().signed.version.get(),
+            loaded.timestamp().signed.version.get(),
+        );
+        let root = repo.latest_root()?;
+        (RepositoryEditor::from_repo(&root, loaded).await.map_err(tough_err("opening the repository"))?, false, v)
+    } else {
+        let root = keys.dir.join("root.json");
+        let mut e = RepositoryEditor::new(&root).await.map_err(tough_err(format!("reading {}", root.display())))?;
+        // The online rollout role may only name channel files: it decides who gets a
+        // release and when, never what a release is.
+        let paths =
+            PathSet::Paths(vec![PathPattern::new(edgeimg_proto::channel::CHANNEL_PATTERN)
+                .map_err(tough_err("the channel path pattern"))?]);
+        e.delegate_role(
+            ROLLOUT_ROLE,
+            &keys.sources(&[KeyName::Rollout])?,
+            paths,
+            true,
+            NonZeroU64::MIN,
+            expires_in(opts.now, opts.lifetimes.rollout),
+            NonZeroU64::MIN,
+        )
+        .await
+        .map_err(tough_err("delegating channels to the rollout role"))?;
+        (e, true, (0, 0, 0))
+    };
+
+    let staging = tempfile::tempdir_in(&repo.dir).map_err(|source| Error::Io { path: repo.dir.clone(), source })?;
+    let manifest_file = staging.path().join("release.json");
+    let mut json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
+    json.push(b'\n');
+    std::fs::write(&manifest_file, &json).map_err(|source| Error::Io { path: manifest_file.clone(), source })?;
+
+    let mut files: Vec<(PathBuf, String)> =
+        manifest.artifacts.iter().map(|a| (opts.build_dir.join("payload").join(&a.name), a.target.clone())).collect();
+    files.push((manifest_file, manifest_name.clone()));
+    for (path, name) in &files {
+        let target = Target::from_path(path).await.map_err(tough_err(format!("hashing {}", path.display())))?;
+        editor.add_target(target_name_of(name)?, target).map_err(tough_err(format!("adding target {name}")))?;
+    }
+    let next = |v: u64| NonZeroU64::new(v + 1).unwrap_or(NonZeroU64::MIN);
+    editor.targets_version(next(versions.0)).map_err(tough_err("targets version"))?;
+    editor.targets_expires(expires_in(opts.now, opts.lifetimes.targets)).map_err(tough_err("targets expiry"))?;
+    editor.snapshot_version(next(versions.1)).snapshot_expires(expires_in(opts.now, opts.lifetimes.snapshot));
+    editor.timestamp_version(next(versions.2)).timestamp_expires(expires_in(opts.now, opts.lifetimes.timestamp));
+    let signed = editor
+        .sign(&keys.sources(&[KeyName::Targets, KeyName::Snapshot, KeyName::Timestamp])?)
+        .await
+        .map_err(tough_err("signing the repository"))?;
+
+    let meta = staging.path().join("metadata");
+    signed.write(&meta).await.map_err(tough_err("writing metadata"))?;
+    let targets_dir = repo.targets_dir();
+    std::fs::create_dir_all(&targets_dir).map_err(|source| Error::Io { path: targets_dir.clone(), source })?;
+    for (path, name) in &files {
+        signed
+            .copy_target(path, &targets_dir, PathExists::Skip, Some(&target_name_of(name)?))
+            .await
+            .map_err(tough_err(format!("copying {}", path.display())))?;
+    }
+    repo.commit_metadata(&meta)?;
+    tracing::info!(
+        "published {} {} for {} into {}",
+        manifest.image,
+        manifest.version,
+        manifest.board,
+        repo.dir.display()
+    );
+    Ok(Published { manifest, manifest_target: manifest_name, created, targets_version: versions.0 + 1 })
+}
