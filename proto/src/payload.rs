@@ -23,6 +23,9 @@ pub struct Payload {
     pub build_id: String,
     /// dm-verity root hash of the root image: pins every byte of the root filesystem.
     pub roothash: String,
+    /// Security version from the recipe (anti-rollback floor once committed).
+    #[serde(default)]
+    pub security_version: u64,
     pub artifacts: Vec<Artifact>,
     /// What to put on the boot partition for each slot, and that slot's command line.
     pub slots: BTreeMap<Slot, SlotBoot>,

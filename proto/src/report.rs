@@ -78,6 +78,8 @@ pub struct Report {
     /// Device clock (unix seconds); informational only.
     pub sent: i64,
     pub board: String,
+    /// The rollout channel the device follows.
+    pub channel: String,
     pub image: String,
     /// Version running now.
     pub version: String,

@@ -67,6 +67,7 @@ pub fn payload(
         arch: board.arch.debian().into(),
         build_id: build_id.into(),
         roothash: root.roothash.clone(),
+        security_version: recipe.image.security_version,
         artifacts,
         slots,
     };

@@ -42,6 +42,10 @@ pub struct Image {
     /// Time zone, as a name under /usr/share/zoneinfo.
     #[serde(default = "default_timezone")]
     pub timezone: String,
+    /// Security version: raise it when a release fixes a vulnerability. Devices that have
+    /// committed a release never install one with a lower security version.
+    #[serde(default)]
+    pub security_version: u64,
 }
 
 fn default_hostname() -> String {

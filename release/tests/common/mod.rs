@@ -80,6 +80,7 @@ pub fn fake_build(dir: &Path, board: &str, image: &str, version: &str) -> PathBu
         arch: "amd64".into(),
         build_id: format!("build-{version}"),
         roothash: "ab".repeat(32),
+        security_version: 1,
         artifacts,
         slots,
     };

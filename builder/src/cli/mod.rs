@@ -1,5 +1,7 @@
 //! Command line of the `edgeimg` binary (clap derive) and the dispatch of each command.
 
+pub mod release;
+
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
@@ -25,6 +27,23 @@ pub struct Cli {
 pub enum Command {
     /// Build a flashable A/B disk image and update payload from a board and a recipe.
     Build(BuildArgs),
+    /// Release keys: make them, rotate online ones.
+    #[command(subcommand)]
+    Keys(release::KeysCommand),
+    /// Add a build to the TUF release repository (signed with the offline targets key).
+    Publish(release::PublishArgs),
+    /// Decide which devices get a release: channel, percentage, waves, pause, rollback.
+    Rollout(release::RolloutArgs),
+    /// Re-sign the online metadata (rollout, snapshot, timestamp) with fresh expiry.
+    Refresh {
+        #[arg(long)]
+        repo: PathBuf,
+        /// Key directory with the online keys.
+        #[arg(long)]
+        keys: PathBuf,
+    },
+    /// Run the update server: the TUF repository, device reports, fleet view, metrics.
+    Serve(edgeimg_server::ServeArgs),
     /// Write a disk image to an SD card, eMMC or USB stick (bmap-aware, verified).
     Flash(crate::flash::FlashArgs),
     /// Resolve the recipe's image tags to digests and record them in its lock file.
@@ -134,6 +153,11 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Keys(cmd) => release::keys(cmd),
+        Command::Publish(a) => release::publish(a, cli.json),
+        Command::Rollout(a) => release::rollout(a, cli.json),
+        Command::Refresh { repo, keys } => release::refresh(repo, keys),
+        Command::Serve(a) => edgeimg_server::run(a),
         Command::Flash(args) => crate::flash::run(args, cli.json),
         Command::Lock { recipe, update, insecure_registries, cache_dir } => {
             let cache = cache_dir.unwrap_or_else(default_cache);
