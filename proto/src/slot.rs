@@ -56,6 +56,19 @@ impl Slot {
     }
 }
 
+/// systemd-boot type #1 entry for a slot (the builder writes slot A's, the updater the
+/// staged ones). All entries share a sort key; the highest `version` boots first.
+pub fn systemd_boot_entry(slot: Slot, title: &str, version: u64, linux: &str, initrd: &str, options: &str) -> String {
+    format!(
+        "title      {title} (slot {slot})\n\
+         sort-key   edgeimg\n\
+         version    {version}\n\
+         linux      {linux}\n\
+         initrd     {initrd}\n\
+         options    {options}\n"
+    )
+}
+
 impl fmt::Display for Slot {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {

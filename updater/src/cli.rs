@@ -1,24 +1,75 @@
-//! `edgeimg-updater` command line.
+//! `edgeimg-updater` command line: the service, the operator commands, boot-time jobs.
 
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use crate::agent::{Agent, CheckOutcome};
+use crate::state::State;
+
 #[derive(Debug, Parser)]
-#[command(name = "edgeimg-updater", version, about = "edgeimg device agent")]
+#[command(
+    name = "edgeimg-updater",
+    version,
+    about = "edgeimg device agent: A/B updates through TUF, tried once, committed or rolled back"
+)]
 pub struct Cli {
     #[arg(short, long, action = clap::ArgAction::Count, global = true)]
     pub verbose: u8,
     /// Root of the system to work on (tests point this at a directory).
     #[arg(long, global = true, default_value = "/")]
     pub root: PathBuf,
+    /// An extra configuration layer, read last.
+    #[arg(long, global = true)]
+    pub config: Option<PathBuf>,
+    /// Machine-readable output.
+    #[arg(long, global = true)]
+    pub json: bool,
     #[command(subcommand)]
     pub command: Command,
 }
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// The service: check, install, reboot, commit, report, forever.
+    Run {
+        /// One pass, then exit (tests, cron-style use).
+        #[arg(long)]
+        once: bool,
+    },
+    /// What runs in which slot, the update state, the security floor.
+    Status,
+    /// Ask the channel now; with --install, install what it offers.
+    Check {
+        #[arg(long)]
+        install: bool,
+    },
+    /// Install a release from a repository (URL, or a directory such as a USB stick copy),
+    /// bypassing the channel but not the signatures.
+    Install {
+        /// Repository URL or directory.
+        repository: String,
+        #[arg(long = "release")]
+        version: String,
+        #[arg(long)]
+        image: Option<String>,
+        /// Reboot into it when staged.
+        #[arg(long)]
+        reboot: bool,
+    },
+    /// Commit the trial boot now (skip the health checks).
+    Commit,
+    /// Go back to the other slot, if it holds a committed release, and reboot.
+    Rollback {
+        #[arg(long)]
+        no_reboot: bool,
+    },
+    /// Past transitions.
+    History,
+    /// Run the health checks; on a trial boot, commit when they pass, give the boot up when
+    /// they fail (exit 1: the unit's FailureAction reboots into the previous slot).
+    Health,
     /// Take the provisioning file from the boot partition and apply it (boot service).
     Provision {
         /// Mount point of the boot partition.
@@ -29,11 +80,20 @@ pub enum Command {
     K3sPrepare,
 }
 
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().expect("a current-thread runtime")
+}
+
+fn agent(cli: &Cli) -> Result<Agent> {
+    let s = crate::config::load(&cli.root, cli.config.as_deref())?;
+    Ok(Agent::new(s, &cli.root))
+}
+
 pub fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+    match &cli.command {
         Command::Provision { boot_dir } => {
             let live = cli.root == std::path::Path::new("/");
-            let o = crate::provision::run(&cli.root, &boot_dir, live).context("provisioning")?;
+            let o = crate::provision::run(&cli.root, boot_dir, live).context("provisioning")?;
             match &o.applied {
                 Some(p) => tracing::info!("provisioning applied: {}", p.summary()),
                 None => tracing::info!("no provisioning file: using the image's defaults"),
@@ -54,5 +114,170 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Run { once } => {
+            let mut a = agent(&cli)?;
+            if *once {
+                let m = runtime().block_on(crate::daemon::once(&mut a))?;
+                println!("{m}");
+            } else {
+                runtime().block_on(crate::daemon::run(a))?;
+            }
+            Ok(())
+        }
+        Command::Status => status(&cli),
+        Command::History => {
+            let a = agent(&cli)?;
+            for e in a.dir.history() {
+                let t = time::OffsetDateTime::from_unix_timestamp(e.time).map(|t| t.to_string()).unwrap_or_default();
+                println!("{t}  {:<12} {}", e.state, e.detail);
+            }
+            Ok(())
+        }
+        Command::Check { install } => {
+            let mut a = agent(&cli)?;
+            let rt = runtime();
+            let (outcome, plan) = rt.block_on(a.check(None, None))?;
+            match (&outcome, plan) {
+                (CheckOutcome::Install(what), Some(plan)) if *install => {
+                    println!("installing {what}");
+                    rt.block_on(a.install(&plan))?;
+                    println!("{what} staged; it is tried at the next reboot");
+                }
+                (CheckOutcome::Install(what), _) => println!("update available: {what} (run with --install)"),
+                (o, _) => println!("{o:?}"),
+            }
+            Ok(())
+        }
+        Command::Install { repository, version, image, reboot } => {
+            let mut a = agent(&cli)?;
+            let p = a.dir.load()?;
+            let image = image.clone().unwrap_or_else(|| a.running(&p).image);
+            let rt = runtime();
+            let (_, plan) = rt.block_on(a.check(Some(repository), Some((&image, version))))?;
+            let plan = plan.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "the clock is not synchronised yet; the repository's signatures cannot be checked for expiry"
+                )
+            })?;
+            rt.block_on(a.install(&plan))?;
+            println!("{image} {version} staged");
+            if *reboot {
+                a.maybe_reboot(true)?;
+            }
+            Ok(())
+        }
+        Command::Commit => {
+            let mut a = agent(&cli)?;
+            println!("{}", a.commit()?);
+            Ok(())
+        }
+        Command::Rollback { no_reboot } => {
+            let a = agent(&cli)?;
+            let other = a.boot.booted_slot()?.other();
+            a.boot.set_default(other).with_context(|| format!("slot {other} cannot take over"))?;
+            a.dir.log("rollback", &format!("operator made slot {other} the default"));
+            println!("slot {other} is the default now");
+            if !no_reboot {
+                let cmd = &a.settings.reboot_command;
+                std::process::Command::new(&cmd[0]).args(&cmd[1..]).status()?;
+            }
+            Ok(())
+        }
+        Command::Health => health(&cli),
     }
+}
+
+fn health(cli: &Cli) -> Result<()> {
+    let mut a = agent(cli)?;
+    let trial = a.boot.is_trial()?;
+    let checks = crate::health::checks(&a.settings, &cli.root);
+    let rt = runtime();
+    let results = rt.block_on(crate::health::run_all(&checks, a.settings.health_deadline, &a.http));
+    for r in &results {
+        tracing::info!("health {}: {} ({})", r.check, if r.ok { "ok" } else { "FAILED" }, r.detail);
+    }
+    let ok = results.iter().all(|r| r.ok);
+    if !trial {
+        if !ok {
+            // Not a trial: report, never reboot for it.
+            tracing::warn!("health checks failed on a committed slot; reporting only");
+        }
+        return Ok(());
+    }
+    if ok {
+        println!("{}", a.commit()?);
+        if a.settings.drain {
+            crate::k3s_drain::uncordon(&cli.root);
+        }
+        Ok(())
+    } else {
+        let failed: Vec<String> =
+            results.iter().filter(|r| !r.ok).map(|r| format!("{}: {}", r.check, r.detail)).collect();
+        a.fail_trial(&format!("health checks failed: {}", failed.join("; ")))?;
+        anyhow::bail!("health checks failed on the trial boot; giving it up")
+    }
+}
+
+fn status(cli: &Cli) -> Result<()> {
+    let a = agent(cli)?;
+    let p = a.dir.load()?;
+    let booted = a.boot.booted_slot()?;
+    let slots = a.boot.status()?;
+    let running = a.running(&p);
+    let floor_note = "kept in the state file on /data (a TPM NV counter is stronger)";
+    if cli.json {
+        let v = serde_json::json!({
+            "device_id": a.device_id(),
+            "board": a.settings.board,
+            "channel": a.settings.channel,
+            "booted_slot": booted,
+            "trial": a.boot.is_trial()?,
+            "running": running,
+            "state": p.state,
+            "slots": slots,
+            "installed": p.slots,
+            "security_floor": p.security_floor,
+            "security_floor_storage": "state-file",
+            "failed": p.failed,
+            "last_check": p.last_check,
+            "last_error": p.last_error,
+            "pending_reports": p.pending_events.len(),
+            "boot_backend": a.boot.name(),
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("device        {} (board {}, channel {})", a.device_id(), a.settings.board, a.settings.channel);
+    println!(
+        "running       {} {} in slot {booted}{}",
+        running.image,
+        running.version,
+        if a.boot.is_trial()? { " (ON TRIAL)" } else { "" }
+    );
+    for s in &slots {
+        let what = p.slots.get(&s.slot).map(|r| r.to_string()).unwrap_or_else(|| "-".into());
+        let st = if s.good {
+            "good".to_string()
+        } else if let Some(n) = s.tries_left {
+            format!("on trial, {n} tries left")
+        } else {
+            "not bootable".into()
+        };
+        println!("slot {}        {:<28} {:<24} {}", s.slot, what, st, s.detail);
+    }
+    let state = match &p.state {
+        State::Downloading { manifest, artifact, offset, .. } => {
+            format!("downloading {} {} (artifact {artifact}, {offset} bytes)", manifest.image, manifest.version)
+        }
+        s => s.name().to_string(),
+    };
+    println!("state         {state}");
+    println!("floor         security version {} ({floor_note})", p.security_floor);
+    if !p.failed.is_empty() {
+        println!("never retried {}", p.failed.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "));
+    }
+    if let Some(e) = &p.last_error {
+        println!("last error    {e}");
+    }
+    Ok(())
 }

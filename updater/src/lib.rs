@@ -2,8 +2,22 @@
 //! the A/B updater. Everything takes the root directory it works on, so tests run on
 //! temporary trees.
 
+pub mod agent;
+pub mod boot;
 pub mod cli;
+pub mod config;
+pub mod crashpoint;
+pub mod daemon;
+pub mod decide;
 pub mod fsutil;
+pub mod health;
+pub mod install;
+pub mod k3s_drain;
 pub mod k3s_prepare;
 pub mod logging;
+pub mod net;
 pub mod provision;
+pub mod report;
+pub mod sdnotify;
+pub mod state;
+pub mod tuf;

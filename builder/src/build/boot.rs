@@ -100,16 +100,17 @@ pub fn cmdline(board: &Board, slot: Slot, roothash: &str) -> String {
     args.join(" ")
 }
 
-/// systemd-boot loader entry for a slot. `tries` = None writes a blessed entry.
+/// systemd-boot loader entry for a slot (the format lives in the shared crate: the updater
+/// writes the same entries).
 pub fn sd_boot_entry(slot: Slot, title: &str, generation: u64, cmdline: &str) -> String {
     let dir = slot.boot_dir();
-    format!(
-        "title      {title} (slot {slot})\n\
-         sort-key   edgeimg\n\
-         version    {generation}\n\
-         linux      {dir}/linux\n\
-         initrd     {dir}/initrd\n\
-         options    {cmdline}\n"
+    edgeimg_proto::slot::systemd_boot_entry(
+        slot,
+        title,
+        generation,
+        &format!("{dir}/linux"),
+        &format!("{dir}/initrd"),
+        cmdline,
     )
 }
 

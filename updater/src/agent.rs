@@ -1,0 +1,454 @@
+//! The updater's work: find out what booted, check the channel, install into the inactive
+//! slot, stage it, reboot, and commit or roll back. Every transition is persisted before
+//! its action (see state.rs) and reported to the server.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use edgeimg_proto::channel::{channel_target, Channel};
+use edgeimg_proto::payload::ArtifactKind;
+use edgeimg_proto::release::{manifest_target, ReleaseManifest};
+use edgeimg_proto::report::EventKind;
+use edgeimg_proto::Slot;
+
+use crate::boot::{fake::Fake, systemd_boot::SystemdBoot, BootBackend, BootError, BootFiles};
+use crate::config::{BootBackendKind, RebootPolicy, Settings, TimePolicy};
+use crate::decide::{check_manifest, decide, Decision, Refusal};
+use crate::install::{self, InstallError};
+use crate::state::{self, event, Persistent, ReleaseRef, State, StateDir, StateError};
+use crate::tuf::{self, store::Store, Client as Tuf, Limits, TargetInfo, TufError};
+
+pub const UPDATER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    #[error(transparent)]
+    State(#[from] StateError),
+    #[error("boot loader ({0})")]
+    Boot(#[from] BootError),
+    #[error("TUF: {0}")]
+    Tuf(#[from] TufError),
+    #[error(transparent)]
+    Install(#[from] InstallError),
+    #[error("refused {release}: {refusal}")]
+    Refused { release: String, refusal: Refusal },
+    #[error("{0}")]
+    Other(String),
+}
+
+/// Repository access: the server over HTTP, or a directory (offline install).
+pub enum Fetcher {
+    Http(tuf::HttpFetcher),
+    Dir(tuf::DirFetcher),
+}
+
+impl tuf::Fetcher for Fetcher {
+    async fn fetch(&self, metadata: bool, path: &str, max: u64) -> Result<Vec<u8>, TufError> {
+        match self {
+            Fetcher::Http(f) => f.fetch(metadata, path, max).await,
+            Fetcher::Dir(f) => f.fetch(metadata, path, max).await,
+        }
+    }
+    fn location(&self, metadata: bool, path: &str) -> String {
+        match self {
+            Fetcher::Http(f) => f.location(metadata, path),
+            Fetcher::Dir(f) => f.location(metadata, path),
+        }
+    }
+}
+
+/// A verified plan: the manifest and where each artifact comes from.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    pub manifest: ReleaseManifest,
+    pub sources: BTreeMap<String, (TargetInfo, String)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CheckOutcome {
+    Decision(Decision),
+    WaitingForTime,
+    Install(String),
+}
+
+pub struct Agent {
+    pub settings: Settings,
+    pub root: PathBuf,
+    pub boot: Box<dyn BootBackend>,
+    pub dir: StateDir,
+    pub http: reqwest::Client,
+}
+
+pub fn backend(s: &Settings, root: &Path) -> Box<dyn BootBackend> {
+    match s.backend {
+        BootBackendKind::SystemdBoot => Box::new(SystemdBoot {
+            esp: s.boot_dir.clone(),
+            efivars: s.efivars.clone(),
+            cmdline: root.join("proc/cmdline"),
+        }),
+        BootBackendKind::Fake => Box::new(Fake {
+            state_file: s.fake_state.clone().unwrap_or_else(|| s.state_dir.join("fake-boot.json")),
+            boot_dir: s.boot_dir.clone(),
+        }),
+    }
+}
+
+impl Agent {
+    pub fn new(settings: Settings, root: &Path) -> Self {
+        let boot = backend(&settings, root);
+        let dir = StateDir::new(&settings.state_dir);
+        Self { settings, root: root.into(), boot, dir, http: crate::net::client() }
+    }
+
+    /// The release running now, from the image's os-release and what we know of the slot.
+    pub fn running(&self, p: &Persistent) -> ReleaseRef {
+        let image = crate::config::os_release_value(&self.root, "IMAGE_ID").unwrap_or_default();
+        let version = crate::config::os_release_value(&self.root, "IMAGE_VERSION").unwrap_or_default();
+        let sv = self
+            .boot
+            .booted_slot()
+            .ok()
+            .and_then(|s| p.slots.get(&s))
+            .filter(|r| r.image == image && r.version == version)
+            .map_or(0, |r| r.security_version);
+        ReleaseRef { image, version, security_version: sv }
+    }
+
+    /// Now, if the clock can be trusted under the configured time policy.
+    pub fn trusted_now(&self) -> Option<i64> {
+        match self.settings.time {
+            TimePolicy::System => Some(state::now()),
+            TimePolicy::Synchronized => self.root.join("run/systemd/timesync/synchronized").exists().then(state::now),
+        }
+    }
+
+    fn tuf(&self, repository: &str) -> Result<Tuf<Fetcher>, AgentError> {
+        let fetcher = if repository.starts_with("http://") || repository.starts_with("https://") {
+            Fetcher::Http(tuf::HttpFetcher::new(self.http.clone(), repository))
+        } else {
+            Fetcher::Dir(tuf::DirFetcher { dir: PathBuf::from(repository) })
+        };
+        let store = Store::open(&self.settings.state_dir.join("tuf"), &self.settings.trusted_root)?;
+        Ok(Tuf::new(fetcher, store, Limits::default(), self.trusted_now())?)
+    }
+
+    pub fn device_id(&self) -> String {
+        crate::report::Device::load_or_create(&self.settings.state_dir, &self.root).map(|d| d.id).unwrap_or_default()
+    }
+
+    /// Resolve a release through TUF and check it: signed manifest, every artifact a target
+    /// with matching hashes, for this board, not below the floor.
+    async fn plan(&self, tuf: &mut Tuf<Fetcher>, image: &str, version: &str, floor: u64) -> Result<Plan, AgentError> {
+        let name = manifest_target(image, &self.settings.board, version);
+        let info =
+            tuf.target(&name).await?.ok_or_else(|| TufError::Missing { what: name.clone(), role: "targets".into() })?;
+        let manifest: ReleaseManifest = serde_json::from_slice(&tuf.fetch_target(&info).await?)
+            .map_err(|e| TufError::Malformed { role: name.clone(), message: e.to_string() })?;
+        let rel = format!("{image} {version}");
+        if manifest.image != image || manifest.version != version {
+            return Err(AgentError::Refused {
+                release: rel,
+                refusal: Refusal::Incomplete("manifest names another release".into()),
+            });
+        }
+        check_manifest(&manifest, &self.settings.board, UPDATER_VERSION, floor, self.settings.max_download)
+            .map_err(|refusal| AgentError::Refused { release: rel.clone(), refusal })?;
+        let mut sources = BTreeMap::new();
+        for a in &manifest.artifacts {
+            let t = tuf
+                .target(&a.target)
+                .await?
+                .ok_or_else(|| TufError::Missing { what: a.target.clone(), role: "targets".into() })?;
+            // The manifest and the TUF metadata must agree on every artifact.
+            if t.length != a.size || t.hashes.get("sha256").map(|h| h.to_ascii_lowercase()) != Some(a.sha256.clone()) {
+                return Err(AgentError::Refused {
+                    release: rel,
+                    refusal: Refusal::Incomplete(format!("{} differs from its TUF target", a.name)),
+                });
+            }
+            let url = tuf.target_location(&t);
+            sources.insert(a.name.clone(), (t, url));
+        }
+        Ok(Plan { manifest, sources })
+    }
+
+    /// Check the channel (or install an explicit release). Does not install.
+    pub async fn check(
+        &mut self,
+        repository: Option<&str>,
+        explicit: Option<(&str, &str)>,
+    ) -> Result<(CheckOutcome, Option<Plan>), AgentError> {
+        let repo = repository
+            .map(String::from)
+            .or_else(|| self.settings.repository.clone())
+            .ok_or_else(|| AgentError::Other("no repository configured (set `server` or `repository`)".into()))?;
+        let mut p = self.dir.load()?;
+        if self.trusted_now().is_none() {
+            return Ok((CheckOutcome::WaitingForTime, None));
+        }
+        let mut tuf = self.tuf(&repo)?;
+        tuf.refresh().await?;
+        p.last_check = Some(state::now());
+        let running = self.running(&p);
+        let (image, version) = match explicit {
+            Some((i, v)) => (i.to_string(), v.to_string()),
+            None => {
+                let entry = match tuf.target(&channel_target(&self.settings.channel)).await? {
+                    None => None,
+                    Some(info) => {
+                        let ch: Channel = serde_json::from_slice(&tuf.fetch_target(&info).await?)
+                            .map_err(|e| TufError::Malformed { role: "channel".into(), message: e.to_string() })?;
+                        ch.boards.get(&self.settings.board).cloned()
+                    }
+                };
+                let d = decide(entry.as_ref(), &running, &p.failed, &self.device_id(), state::now());
+                self.dir.save(&p)?;
+                match d {
+                    Decision::Install { image, version } => (image, version),
+                    other => return Ok((CheckOutcome::Decision(other), None)),
+                }
+            }
+        };
+        let plan = self.plan(&mut tuf, &image, &version, p.security_floor).await?;
+        self.dir.save(&p)?;
+        Ok((CheckOutcome::Install(format!("{image} {version}")), Some(plan)))
+    }
+
+    fn target_slot(&self) -> Result<Slot, AgentError> {
+        Ok(self.boot.booted_slot()?.other())
+    }
+
+    fn staging(&self) -> PathBuf {
+        self.settings.state_dir.join("staging")
+    }
+
+    fn dest(&self, kind: ArtifactKind, name: &str, target: Slot) -> PathBuf {
+        match kind {
+            ArtifactKind::RootImage => self.settings.root[&target].clone(),
+            ArtifactKind::VerityTree => self.settings.verity[&target].clone(),
+            ArtifactKind::BootFile => self.staging().join(name),
+        }
+    }
+
+    /// Write a planned release into the inactive slot and stage it. Resumes a persisted
+    /// Downloading/Verified state for the same release.
+    pub async fn install(&mut self, plan: &Plan) -> Result<(), AgentError> {
+        let mut p = self.dir.load()?;
+        let target = self.target_slot()?;
+        let rel = ReleaseRef::of(&plan.manifest);
+        let (mut artifact, mut offset) = match &p.state {
+            State::Downloading { manifest, target: t, artifact, offset }
+                if **manifest == plan.manifest && *t == target =>
+            {
+                (*artifact, *offset)
+            }
+            State::Verified { manifest, target: t } if **manifest == plan.manifest && *t == target => {
+                (plan.manifest.artifacts.len(), 0)
+            }
+            State::Idle | State::RolledBack { .. } | State::Downloading { .. } | State::Verified { .. } => {
+                // Intent first, then make the target unbootable before touching it.
+                p.state =
+                    State::Downloading { manifest: Box::new(plan.manifest.clone()), target, artifact: 0, offset: 0 };
+                event(&mut p, EventKind::Downloading, &rel, format!("into slot {target}"));
+                self.dir.save(&p)?;
+                self.dir.log("downloading", &format!("{rel} into slot {target}"));
+                (0, 0)
+            }
+            State::Staged { .. } => {
+                return Err(AgentError::Other("an update is already staged; reboot to try it".into()))
+            }
+        };
+        self.boot.disarm(target)?;
+        p.slots.remove(&target);
+        let opts = install::Options { rate_limit: self.settings.rate_limit, retries: 12 };
+        while artifact < plan.manifest.artifacts.len() {
+            let a = &plan.manifest.artifacts[artifact];
+            let (_, url) =
+                plan.sources.get(&a.name).ok_or_else(|| AgentError::Other(format!("no source for {}", a.name)))?;
+            let dest = self.dest(a.kind, &a.name, target);
+            let job = install::Job { what: &a.name, url, dest: &dest, size: a.size, sha256: &a.sha256, start: offset };
+            let dir = self.dir.clone();
+            let mut persisted = p.clone();
+            install::download(&self.http, &job, &opts, |done| {
+                persisted.state =
+                    State::Downloading { manifest: Box::new(plan.manifest.clone()), target, artifact, offset: done };
+                if let Err(e) = dir.save(&persisted) {
+                    tracing::warn!("could not persist download progress: {e}");
+                }
+            })
+            .await?;
+            artifact += 1;
+            offset = 0;
+            p.state = State::Downloading { manifest: Box::new(plan.manifest.clone()), target, artifact, offset: 0 };
+            self.dir.save(&p)?;
+        }
+        for a in &plan.manifest.artifacts {
+            install::verify(&a.name, &self.dest(a.kind, &a.name, target), a.size, &a.sha256)?;
+        }
+        p.state = State::Verified { manifest: Box::new(plan.manifest.clone()), target };
+        self.dir.save(&p)?;
+        self.dir.log("verified", &format!("{rel} in slot {target}"));
+
+        // Only now does the slot become bootable, as its own step.
+        let sb = &plan.manifest.slots[&target];
+        let files = BootFiles {
+            cmdline: sb.cmdline.clone(),
+            files: sb.files.iter().map(|f| (self.staging().join(&f.artifact), f.path.clone())).collect(),
+            title: format!("{} {}", plan.manifest.image, plan.manifest.version),
+        };
+        self.boot.stage(target, &files, self.settings.tries)?;
+        p.slots.insert(target, rel.clone());
+        p.state = State::Staged {
+            manifest: Box::new(plan.manifest.clone()),
+            target,
+            boot_id: state::boot_id(&self.root),
+            staged_at: state::now(),
+        };
+        event(&mut p, EventKind::Installed, &rel, format!("slot {target} armed for one try"));
+        self.dir.save(&p)?;
+        self.dir.log("staged", &format!("{rel} in slot {target}"));
+        let _ = std::fs::remove_dir_all(self.staging());
+        Ok(())
+    }
+
+    /// After a boot: commit bookkeeping, detect a fallback, clean up an interrupted install.
+    pub fn reconcile(&mut self) -> Result<String, AgentError> {
+        let mut p = self.dir.load()?;
+        let booted = self.boot.booted_slot()?;
+        let msg = match p.state.clone() {
+            State::Staged { manifest, target, boot_id, .. } => {
+                let rel = ReleaseRef::of(&manifest);
+                if boot_id == state::boot_id(&self.root) {
+                    format!("{rel} staged in slot {target}, waiting for the reboot")
+                } else if booted == target {
+                    if self.boot.is_trial()? {
+                        format!("trial boot of {rel} in slot {target}: health checks decide")
+                    } else {
+                        // Blessed but the bookkeeping was cut short: finish it.
+                        self.finish_commit(&mut p, &manifest, target)?;
+                        format!("{rel} committed")
+                    }
+                } else {
+                    let reason = format!("slot {target} did not boot or was not committed; back on slot {booted}");
+                    self.record_rollback(&mut p, rel.clone(), target, &reason)?;
+                    reason
+                }
+            }
+            State::RolledBack { release, .. } => {
+                p.state = State::Idle;
+                self.dir.save(&p)?;
+                format!("{release} was rolled back")
+            }
+            State::Downloading { target, .. } | State::Verified { target, .. } if target == booted => {
+                // Cannot happen unless the disk was changed behind our back: start over.
+                p.state = State::Idle;
+                self.dir.save(&p)?;
+                "install state referred to the running slot; reset".into()
+            }
+            s => format!("state {}", s.name()),
+        };
+        Ok(msg)
+    }
+
+    fn finish_commit(&self, p: &mut Persistent, manifest: &ReleaseManifest, target: Slot) -> Result<(), AgentError> {
+        let rel = ReleaseRef::of(manifest);
+        p.security_floor = p.security_floor.max(manifest.security_version);
+        p.slots.insert(target, rel.clone());
+        p.failed.retain(|f| *f != rel);
+        p.state = State::Idle;
+        p.last_error = None;
+        event(p, EventKind::Committed, &rel, format!("slot {target}"));
+        self.dir.save(p)?;
+        self.dir.log("committed", &format!("{rel} in slot {target}"));
+        Ok(())
+    }
+
+    fn record_rollback(
+        &self,
+        p: &mut Persistent,
+        rel: ReleaseRef,
+        target: Slot,
+        reason: &str,
+    ) -> Result<(), AgentError> {
+        if !p.failed.contains(&rel) {
+            p.failed.push(rel.clone());
+        }
+        p.slots.remove(&target);
+        p.last_error = Some(format!("{rel}: {reason}"));
+        p.state = State::RolledBack { release: rel.clone(), target, reason: reason.into() };
+        event(p, EventKind::RolledBack, &rel, reason);
+        self.dir.save(p)?;
+        self.dir.log("rolled-back", &format!("{rel}: {reason}"));
+        Ok(())
+    }
+
+    /// Commit the trial boot now (health passed, or an operator said so).
+    pub fn commit(&mut self) -> Result<String, AgentError> {
+        let mut p = self.dir.load()?;
+        let booted = self.boot.booted_slot()?;
+        if !self.boot.is_trial()? {
+            return Ok(format!("slot {booted} is already committed"));
+        }
+        self.boot.mark_good(booted)?;
+        crate::crashpoint::hit("blessed");
+        match p.state.clone() {
+            State::Staged { manifest, target, .. } if target == booted => {
+                self.finish_commit(&mut p, &manifest, target)?;
+                Ok(format!("{} {} committed in slot {booted}", manifest.image, manifest.version))
+            }
+            _ => Ok(format!("slot {booted} committed")),
+        }
+    }
+
+    /// The trial failed: remember the release (never retried) and give the boot up.
+    pub fn fail_trial(&mut self, reason: &str) -> Result<(), AgentError> {
+        let mut p = self.dir.load()?;
+        let booted = self.boot.booted_slot()?;
+        let rel = match &p.state {
+            State::Staged { manifest, target, .. } if *target == booted => ReleaseRef::of(manifest),
+            _ => self.running(&p),
+        };
+        self.record_rollback(&mut p, rel, booted, reason)
+    }
+
+    /// Reboot into a staged update if the policy allows it now.
+    pub fn maybe_reboot(&mut self, force: bool) -> Result<bool, AgentError> {
+        let mut p = self.dir.load()?;
+        let State::Staged { manifest, target, boot_id, .. } = p.state.clone() else { return Ok(false) };
+        if boot_id != state::boot_id(&self.root) {
+            return Ok(false);
+        }
+        if !force {
+            if self.settings.reboot_policy == RebootPolicy::Manual {
+                return Ok(false);
+            }
+            if let Some(w) = self.settings.reboot_window {
+                if !crate::config::in_window(w, minute_of_day()) {
+                    return Ok(false);
+                }
+            }
+        }
+        if self.settings.drain {
+            crate::k3s_drain::drain(&self.root);
+        }
+        let rel = ReleaseRef::of(&manifest);
+        event(&mut p, EventKind::Trying, &rel, format!("rebooting into slot {target}"));
+        self.dir.save(&p)?;
+        self.dir.log("rebooting", &format!("into slot {target} to try {rel}"));
+        let cmd = &self.settings.reboot_command;
+        let status = std::process::Command::new(&cmd[0])
+            .args(&cmd[1..])
+            .status()
+            .map_err(|e| AgentError::Other(format!("{}: {e}", cmd.join(" "))))?;
+        if !status.success() {
+            return Err(AgentError::Other(format!("{} failed: {status}", cmd.join(" "))));
+        }
+        Ok(true)
+    }
+}
+
+fn minute_of_day() -> u32 {
+    // Local time as the system has it (systemd sets TZ from /etc/localtime).
+    let t = time::OffsetDateTime::now_local().unwrap_or_else(|_| time::OffsetDateTime::now_utc());
+    t.hour() as u32 * 60 + t.minute() as u32
+}

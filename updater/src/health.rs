@@ -1,0 +1,143 @@
+//! Health checks after a trial boot: K3s node Ready (with a heartbeat from this boot), listed
+//! units active, HTTP probes, commands. Each check is retried until it passes or the
+//! deadline ends; the result says which passed and why the others did not.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use edgeimg_proto::report::HealthResult;
+
+use crate::config::Settings;
+
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// `k3s kubectl get node` reports Ready=True with a heartbeat newer than `since` (unix).
+    K3sReady {
+        kubectl: Vec<String>,
+        node: String,
+        since: i64,
+    },
+    Unit(String),
+    Http(String),
+    Command(Vec<String>),
+}
+
+impl Check {
+    pub fn name(&self) -> String {
+        match self {
+            Check::K3sReady { node, .. } => format!("k3s-node-ready:{node}"),
+            Check::Unit(u) => format!("unit:{u}"),
+            Check::Http(u) => format!("http:{u}"),
+            Check::Command(c) => format!("command:{}", c.join(" ")),
+        }
+    }
+}
+
+/// Boot time (unix seconds) from /proc/uptime under `root`.
+pub fn boot_time(root: &Path) -> i64 {
+    let up: f64 = std::fs::read_to_string(root.join("proc/uptime"))
+        .ok()
+        .and_then(|s| s.split_whitespace().next().and_then(|v| v.parse().ok()))
+        .unwrap_or(0.0);
+    crate::state::now() - up as i64
+}
+
+/// The checks the configuration asks for. K3s readiness is on by default when the image
+/// has K3s.
+pub fn checks(s: &Settings, root: &Path) -> Vec<Check> {
+    let mut v = Vec::new();
+    let k3s: PathBuf = root.join("usr/local/bin/k3s");
+    if s.k3s_node_ready.unwrap_or_else(|| k3s.exists()) {
+        let node = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+        v.push(Check::K3sReady {
+            kubectl: vec![k3s.display().to_string(), "kubectl".into()],
+            node,
+            since: boot_time(root),
+        });
+    }
+    v.extend(s.health_units.iter().cloned().map(Check::Unit));
+    v.extend(s.health_http.iter().cloned().map(Check::Http));
+    v.extend(s.health_commands.iter().cloned().map(Check::Command));
+    v
+}
+
+fn run(cmd: &[String]) -> Result<String, String> {
+    let (prog, args) = cmd.split_first().ok_or("empty command")?;
+    let out = Command::new(prog).args(args).output().map_err(|e| format!("{prog}: {e}"))?;
+    let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    if out.status.success() {
+        Ok(text)
+    } else {
+        Err(format!("{} ({}) {}", out.status, text, String::from_utf8_lossy(&out.stderr).trim())
+            .chars()
+            .take(300)
+            .collect())
+    }
+}
+
+fn parse_rfc3339(s: &str) -> Option<i64> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok().map(|t| t.unix_timestamp())
+}
+
+/// One attempt of a check.
+pub async fn attempt(c: &Check, http: &reqwest::Client) -> Result<String, String> {
+    match c {
+        Check::K3sReady { kubectl, node, since } => {
+            let mut cmd = kubectl.clone();
+            cmd.extend([
+                "get".into(),
+                "node".into(),
+                node.clone(),
+                "-o".into(),
+                r#"jsonpath={.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].lastHeartbeatTime}"#.into(),
+            ]);
+            let out = run(&cmd)?;
+            let mut it = out.split_whitespace();
+            let (status, beat) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
+            if status != "True" {
+                return Err(format!("node {node} Ready={status}"));
+            }
+            // Right after a reboot the old Ready=True can still show: the heartbeat must be
+            // from this boot.
+            match parse_rfc3339(beat) {
+                Some(t) if t >= *since => Ok(format!("Ready, heartbeat {beat}")),
+                _ => Err(format!("Ready, but the heartbeat {beat} is from before this boot")),
+            }
+        }
+        Check::Unit(u) => match run(&["systemctl".into(), "is-active".into(), u.clone()]) {
+            Ok(s) if s == "active" => Ok("active".into()),
+            Ok(s) => Err(s),
+            Err(e) => Err(e),
+        },
+        Check::Http(url) => {
+            let r = http.get(url).timeout(Duration::from_secs(10)).send().await.map_err(|e| crate::net::chain(&e))?;
+            if r.status().is_success() {
+                Ok(format!("HTTP {}", r.status().as_u16()))
+            } else {
+                Err(format!("HTTP {}", r.status().as_u16()))
+            }
+        }
+        Check::Command(cmd) => run(cmd).map(|_| "exit 0".into()),
+    }
+}
+
+/// Run all checks until each passes or `deadline` passes.
+pub async fn run_all(checks: &[Check], deadline: Duration, http: &reqwest::Client) -> Vec<HealthResult> {
+    let end = Instant::now() + deadline;
+    let mut results: Vec<Option<HealthResult>> = vec![None; checks.len()];
+    loop {
+        for (i, c) in checks.iter().enumerate() {
+            if results[i].as_ref().is_some_and(|r| r.ok) {
+                continue;
+            }
+            let r = attempt(c, http).await;
+            results[i] = Some(HealthResult { check: c.name(), ok: r.is_ok(), detail: r.unwrap_or_else(|e| e) });
+        }
+        if results.iter().all(|r| r.as_ref().is_some_and(|r| r.ok)) || Instant::now() >= end {
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(2).min(end.saturating_duration_since(Instant::now()))).await;
+    }
+    results.into_iter().flatten().collect()
+}

@@ -1,0 +1,122 @@
+//! Fixtures: real repositories written by edgeimg-release (tough), fake build outputs,
+//! slots as sparse files.
+
+#![allow(dead_code)]
+
+pub mod device;
+pub mod server;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use edgeimg_proto::payload::{Artifact, ArtifactKind, BootFile, Payload, SlotBoot, PAYLOAD_FORMAT};
+use edgeimg_proto::Slot;
+use edgeimg_release::keys::{self, InitOptions};
+use edgeimg_release::publish::{publish, PublishOptions};
+use edgeimg_release::rollout::{self, Change};
+use edgeimg_release::{KeyDir, Lifetimes, Repo};
+use sha2::{Digest, Sha256};
+
+pub fn now() -> jiff::Timestamp {
+    jiff::Timestamp::now()
+}
+
+pub async fn keyset(dir: &Path) -> KeyDir {
+    keys::init(
+        dir,
+        &InitOptions {
+            root_keys: 1,
+            root_threshold: 1,
+            root_expires: now() + jiff::SignedDuration::from_hours(24 * 365),
+            insecure_example: false,
+        },
+    )
+    .await
+    .unwrap();
+    KeyDir::new(dir)
+}
+
+/// A build directory whose root image is `root_len` bytes of content derived from the
+/// version (so releases differ).
+pub fn fake_build(dir: &Path, board: &str, version: &str, root_len: usize, security_version: u64) -> PathBuf {
+    let b = dir.join(format!("build-{board}-{version}"));
+    let p = b.join("payload");
+    std::fs::create_dir_all(&p).unwrap();
+    let seed = Sha256::digest(version.as_bytes());
+    let mut artifacts = Vec::new();
+    for (name, kind, len) in [
+        ("root.img", ArtifactKind::RootImage, root_len),
+        ("root.verity", ArtifactKind::VerityTree, 8192),
+        ("linux", ArtifactKind::BootFile, 3000),
+        ("initrd", ArtifactKind::BootFile, 5000),
+    ] {
+        let content: Vec<u8> =
+            (0..len).map(|i| seed[i % 32] ^ (i as u8).wrapping_mul(7) ^ name.len() as u8 ^ (i >> 12) as u8).collect();
+        std::fs::write(p.join(name), &content).unwrap();
+        artifacts.push(Artifact {
+            name: name.into(),
+            kind,
+            size: len as u64,
+            sha256: hex::encode(Sha256::digest(&content)),
+        });
+    }
+    let slots = Slot::ALL
+        .iter()
+        .map(|&s| {
+            let d = s.boot_dir();
+            (
+                s,
+                SlotBoot {
+                    cmdline: format!("ro roothash={} edgeimg.slot={}", hex::encode(seed), s.letter()),
+                    files: vec![
+                        BootFile { artifact: "linux".into(), path: format!("{d}/linux") },
+                        BootFile { artifact: "initrd".into(), path: format!("{d}/initrd") },
+                    ],
+                },
+            )
+        })
+        .collect();
+    let payload = Payload {
+        format: PAYLOAD_FORMAT,
+        board: board.into(),
+        image: "edge".into(),
+        version: version.into(),
+        arch: "amd64".into(),
+        build_id: format!("build-{version}"),
+        roothash: hex::encode(seed),
+        security_version,
+        artifacts,
+        slots,
+    };
+    std::fs::write(p.join("payload.json"), serde_json::to_vec_pretty(&payload).unwrap()).unwrap();
+    b
+}
+
+pub async fn publish_build(repo: &Repo, keys: &KeyDir, build: &Path, security_version: u64) {
+    publish(
+        repo,
+        keys,
+        &PublishOptions {
+            build_dir: build.into(),
+            security_version,
+            min_updater_version: "0.1.0".into(),
+            expected_pcrs: BTreeMap::new(),
+            lifetimes: Lifetimes::default(),
+            now: now(),
+        },
+    )
+    .await
+    .unwrap();
+}
+
+pub async fn set_channel(repo: &Repo, keys: &KeyDir, board: &str, version: &str, percent: u8, rollback: bool) {
+    let c = Change {
+        channel: "stable".into(),
+        board: board.into(),
+        version: Some(version.into()),
+        percent: Some(percent),
+        rollback,
+        ..Default::default()
+    };
+    rollout::apply(repo, keys, &c, &Lifetimes::default(), now()).await.unwrap();
+}
