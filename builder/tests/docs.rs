@@ -51,6 +51,10 @@ fn key_paths(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
                 key_paths(v, &p, out);
             }
         }
+        // A list of lists (health_commands) is one key.
+        toml::Value::Array(a) if a.first().is_some_and(|x| x.is_array()) => {
+            out.insert(prefix.to_string());
+        }
         toml::Value::Array(a) if a.first().is_some_and(|x| x.is_table()) => {
             for x in a {
                 key_paths(x, &format!("{prefix}[]"), out);

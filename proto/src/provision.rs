@@ -16,6 +16,17 @@ pub struct Provision {
     pub hostname: Option<String>,
     #[serde(default)]
     pub k3s: Option<K3sJoin>,
+    #[serde(default)]
+    pub updater: Option<UpdaterJoin>,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdaterJoin {
+    /// Fleet enrollment token for the update server (secret): a device that presents it is
+    /// approved at once instead of waiting for an admin.
+    #[serde(default)]
+    pub enroll_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -59,6 +70,11 @@ impl Provision {
                 }
             }
         }
+        if let Some(t) = self.updater.as_ref().and_then(|u| u.enroll_token.as_ref()) {
+            if t.is_empty() || t.contains(['\n', '\r']) {
+                return Err("updater.enroll_token must be one line".into());
+            }
+        }
         Ok(())
     }
 }
@@ -71,7 +87,11 @@ impl Provision {
             self.hostname.as_deref().unwrap_or("-"),
             self.k3s.as_ref().and_then(|k| k.server.as_deref()).unwrap_or("-"),
             if self.k3s.as_ref().and_then(|k| k.token.as_ref()).is_some() { "(set)" } else { "-" }
-        )
+        ) + if self.updater.as_ref().and_then(|u| u.enroll_token.as_ref()).is_some() {
+            " updater.enroll_token=(set)"
+        } else {
+            ""
+        }
     }
 }
 
@@ -87,6 +107,9 @@ mod tests {
         .unwrap();
         assert_eq!(p.hostname.as_deref(), Some("shop-042"));
         assert!(!p.summary().contains("secret"));
+        let p = Provision::parse("[updater]\nenroll_token = \"fleet-s3cret\"\n").unwrap();
+        assert!(p.summary().ends_with(" updater.enroll_token=(set)") && !p.summary().contains("s3cret"));
+        assert!(Provision::parse("[updater]\nenroll_token = \"a\\nb\"\n").is_err());
         assert!(Provision::parse("hostname = \"bad name\"\n").is_err());
         assert!(Provision::parse("[k3s]\nserver = \"http://x\"\n").is_err());
         assert!(Provision::parse("wifi = 1\n").is_err());

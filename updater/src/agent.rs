@@ -240,6 +240,7 @@ impl Agent {
             State::Downloading { manifest, target: t, artifact, offset }
                 if **manifest == plan.manifest && *t == target =>
             {
+                tracing::info!("resuming {rel} into slot {target}: artifact {artifact} at byte {offset}");
                 (*artifact, *offset)
             }
             State::Verified { manifest, target: t } if **manifest == plan.manifest && *t == target => {

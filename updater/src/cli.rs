@@ -187,20 +187,33 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Exit non-zero only for a trial boot whose checks failed: the unit's FailureAction then
+/// reboots into the previous slot. Anything else (no trial, or the updater cannot even
+/// read its configuration) exits 0, so a committed slot is never rebooted in a loop.
 fn health(cli: &Cli) -> Result<()> {
-    let mut a = agent(cli)?;
-    let trial = a.boot.is_trial()?;
+    let mut a = match agent(cli) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::error!("cannot load the updater configuration ({e:#}); not judging this boot (a trial boot stays uncommitted and falls back at the next reboot)");
+            return Ok(());
+        }
+    };
+    let trial = match a.boot.is_trial() {
+        Ok(t) => t,
+        Err(e) => {
+            tracing::error!("cannot tell whether this is a trial boot ({e}); not judging it");
+            return Ok(());
+        }
+    };
     let checks = crate::health::checks(&a.settings, &cli.root);
-    let rt = runtime();
-    let results = rt.block_on(crate::health::run_all(&checks, a.settings.health_deadline, &a.http));
+    let results = runtime().block_on(crate::health::run_all(&checks, a.settings.health_deadline, &a.http));
     for r in &results {
         tracing::info!("health {}: {} ({})", r.check, if r.ok { "ok" } else { "FAILED" }, r.detail);
     }
     let ok = results.iter().all(|r| r.ok);
     if !trial {
         if !ok {
-            // Not a trial: report, never reboot for it.
-            tracing::warn!("health checks failed on a committed slot; reporting only");
+            tracing::warn!("health checks failed on a committed slot: reported, no reboot");
         }
         return Ok(());
     }

@@ -19,13 +19,18 @@ pub async fn report(agent: &Agent) -> Result<(), AgentError> {
     let mut p = agent.dir.load()?;
     let running = agent.running(&p);
     if std::fs::read_to_string(&marker).ok().as_deref() != Some(server.as_str()) {
-        let token = agent
-            .settings
-            .enroll_token_file
-            .clone()
-            .or_else(|| Some(agent.settings.state_dir.join("enroll-token")))
-            .and_then(|f| std::fs::read_to_string(f).ok())
-            .map(|t| t.trim().to_string());
+        // The configured token file, else the one the provisioning file left, else the
+        // state directory's (put there by hand).
+        let token = [
+            agent.settings.enroll_token_file.clone(),
+            Some(crate::fsutil::at(&agent.root, crate::provision::ENROLL_TOKEN)),
+            Some(agent.settings.state_dir.join("enroll-token")),
+        ]
+        .into_iter()
+        .flatten()
+        .find_map(|f| std::fs::read_to_string(f).ok())
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty());
         let e = edgeimg_proto::report::Enrollment {
             device_id: device.id.clone(),
             public_key: device.public_key_hex(),
@@ -119,6 +124,9 @@ pub async fn once(agent: &mut Agent) -> Result<String, AgentError> {
     let p = agent.dir.load()?;
     let window_ok = agent.settings.download_window.is_none_or(|w| crate::config::in_window(w, minute_of_day()));
     let step: Result<String, AgentError> = match &p.state {
+        State::Idle if agent.settings.repository.is_none() => {
+            Ok("no update server configured: idle (edgeimg-updater install <repository> works)".into())
+        }
         State::Idle if window_ok => match agent.check(None, None).await {
             Ok((CheckOutcome::Install(what), Some(plan))) => {
                 tracing::info!("installing {what}");

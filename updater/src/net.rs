@@ -16,10 +16,23 @@ pub fn chain(e: &dyn std::error::Error) -> String {
 
 pub fn client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(20))
-        .read_timeout(Duration::from_secs(60))
-        .user_agent(concat!("edgeimg-updater/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
+    let builder = || {
+        reqwest::Client::builder()
+            .connect_timeout(Duration::from_secs(20))
+            .read_timeout(Duration::from_secs(60))
+            .user_agent(concat!("edgeimg-updater/", env!("CARGO_PKG_VERSION")))
+    };
+    let store = std::env::var_os("SSL_CERT_FILE").is_some()
+        || std::env::var_os("SSL_CERT_DIR").is_some()
+        || std::path::Path::new("/etc/ssl/certs").is_dir();
+    match if store { builder().build() } else { builder().tls_certs_only([]).build() } {
+        Ok(c) => c,
+        Err(e) => {
+            // No system CA certificates (an image without ca-certificates): plain HTTP and
+            // file repositories still work, and TUF verifies every byte either way; HTTPS
+            // servers fail with an unknown-issuer error that names the cause.
+            tracing::debug!("no TLS trust store ({}): HTTPS servers cannot be verified", chain(&e));
+            builder().tls_certs_only([]).build().expect("a client without a trust store needs nothing from the system")
+        }
+    }
 }

@@ -18,6 +18,8 @@ pub const STORED: &str = "/data/edgeimg/provision.toml";
 /// The K3s join secrets, for `k3s-prepare`.
 pub const K3S_TOKEN: &str = "/var/lib/edgeimg/k3s/token";
 pub const K3S_SERVER: &str = "/var/lib/edgeimg/k3s/server";
+/// The fleet enrollment token from the provisioning file (read by the report step).
+pub const ENROLL_TOKEN: &str = "/var/lib/edgeimg/enroll-token";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -85,7 +87,8 @@ fn apply(root: &Path, p: &Provision, set_hostname: bool) -> Result<(), Provision
         }
     }
     let k3s = p.k3s.clone().unwrap_or_default();
-    for (path, value) in [(K3S_TOKEN, k3s.token), (K3S_SERVER, k3s.server)] {
+    let enroll = p.updater.clone().unwrap_or_default().enroll_token;
+    for (path, value) in [(K3S_TOKEN, k3s.token), (K3S_SERVER, k3s.server), (ENROLL_TOKEN, enroll)] {
         let f = at(root, path);
         match value {
             Some(v) => {
@@ -108,7 +111,8 @@ mod tests {
     use super::*;
 
     const GOOD: &str =
-        "hostname = \"shop-042\"\n[k3s]\ntoken = \"K10::server:s3cret\"\nserver = \"https://10.0.0.1:6443\"\n";
+        "hostname = \"shop-042\"\n[k3s]\ntoken = \"K10::server:s3cret\"\nserver = \"https://10.0.0.1:6443\"\n\
+                        [updater]\nenroll_token = \"fleet-token\"\n";
 
     #[test]
     fn moves_then_applies() {
@@ -119,6 +123,7 @@ mod tests {
         assert!(o.imported);
         assert!(!d.path().join("efi").join(FILE_NAME).exists(), "the secret left the boot partition");
         assert_eq!(fs::read_to_string(at(d.path(), K3S_TOKEN)).unwrap(), "K10::server:s3cret\n");
+        assert_eq!(fs::read_to_string(at(d.path(), ENROLL_TOKEN)).unwrap(), "fleet-token\n");
         use std::os::unix::fs::PermissionsExt;
         assert_eq!(fs::metadata(at(d.path(), STORED)).unwrap().permissions().mode() & 0o777, 0o600);
         // Next boot: nothing new, same result.
@@ -161,5 +166,6 @@ mod tests {
         fs::write(d.path().join("efi").join(FILE_NAME), "hostname = \"x1\"\n").unwrap();
         run(d.path(), "/efi", false).unwrap();
         assert!(!at(d.path(), K3S_TOKEN).exists());
+        assert!(!at(d.path(), ENROLL_TOKEN).exists());
     }
 }

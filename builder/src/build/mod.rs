@@ -85,17 +85,21 @@ pub fn find_updater(explicit: Option<&Path>, arch: config::Arch) -> Result<PathB
     let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)).unwrap_or_default();
     let native =
         matches!((arch, std::env::consts::ARCH), (config::Arch::Amd64, "x86_64") | (config::Arch::Arm64, "aarch64"));
+    let target_dir = exe_dir.parent().map(Path::to_path_buf).unwrap_or_default();
     let (candidate, build) = if native {
-        (exe_dir.join("edgeimg-updater"), "cargo build --release -p edgeimg-updater".to_string())
+        // The size-optimised device build if there is one, else the one beside us.
+        let device = target_dir.join("device").join("edgeimg-updater");
+        let c = if device.is_file() { device } else { exe_dir.join("edgeimg-updater") };
+        (c, "cargo build --profile device -p edgeimg-updater".to_string())
     } else {
         let triple = match arch {
             config::Arch::Amd64 => "x86_64-unknown-linux-gnu",
             config::Arch::Arm64 => "aarch64-unknown-linux-gnu",
         };
-        let profile = exe_dir.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "release".into());
-        let target = exe_dir.parent().map(Path::to_path_buf).unwrap_or_default();
-        let path = target.join(triple).join(&profile).join("edgeimg-updater");
-        (path, format!("cargo build --release -p edgeimg-updater --target {triple}"))
+        let device = target_dir.join(triple).join("device").join("edgeimg-updater");
+        let path =
+            if device.is_file() { device } else { target_dir.join(triple).join("release").join("edgeimg-updater") };
+        (path, format!("cargo build --profile device -p edgeimg-updater --target {triple}"))
     };
     if candidate.is_file() {
         Ok(candidate)

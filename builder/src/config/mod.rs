@@ -4,6 +4,7 @@ pub mod board;
 pub mod k3s;
 pub mod recipe;
 pub mod source;
+pub mod updater;
 
 use std::path::{Path, PathBuf};
 

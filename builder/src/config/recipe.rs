@@ -27,6 +27,9 @@ pub struct Recipe {
     /// The Kubernetes runtime (see config/k3s.rs).
     #[serde(default)]
     pub k3s: Option<super::k3s::K3s>,
+    /// How devices take updates (see config/updater.rs).
+    #[serde(default)]
+    pub updater: super::updater::Updater,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -354,6 +357,18 @@ impl Recipe {
         }
         if parse_size(&self.journal.max_use).is_none() {
             return Err(src.error_at("journal.max_use", "expected a size such as \"128M\" or \"1G\""));
+        }
+        self.updater.validate(src, dir)?;
+        for (key, url) in [("updater.server", &self.updater.server), ("updater.repository", &self.updater.repository)] {
+            if url.as_deref().is_some_and(|u| u.starts_with("https://"))
+                && !self.debian.packages.iter().any(|p| p == "ca-certificates")
+            {
+                return Err(src.error_at(
+                    key,
+                    "an https:// update server needs the CA certificates on the device: \
+                     add \"ca-certificates\" to [debian] packages",
+                ));
+            }
         }
         if let Some(k) = &self.k3s {
             k.validate(src)?;

@@ -81,7 +81,6 @@ pub fn customize(root: &Path, input: &Input<'_>) -> Result<Summary, CustomizeErr
     timezone(root, &r.image.timezone)?;
     system::machine_id(root)?;
     system::generators(root)?;
-    system::bless_guard(root)?;
     system::fstab(root)?;
     system::network(root)?;
     summary.ssh = system::ssh(root)?;
@@ -89,7 +88,24 @@ pub fn customize(root: &Path, input: &Input<'_>) -> Result<Summary, CustomizeErr
         system::grow_data(root)?;
     }
 
-    summary.updater_sha256 = system::device_agent(root, input.updater, input.epoch)?;
+    let u = &r.updater;
+    let trusted_root = match &u.root {
+        Some(p) => {
+            let path = input.recipe.dir.join(p);
+            Some(std::fs::read(&path).ctx(|| format!("reading the trusted root {}", path.display()))?)
+        }
+        None => None,
+    };
+    // The health unit may take the whole deadline, plus start-up slack.
+    let deadline = crate::config::updater::parse_secs(&u.health_deadline).unwrap_or(300);
+    summary.updater_sha256 = system::device_agent(
+        root,
+        input.updater,
+        input.epoch,
+        &u.render(&input.board.name, input.board.boot.tries),
+        trusted_root.as_deref(),
+        deadline + 120,
+    )?;
     if let (Some(k), Some(f)) = (&r.k3s, input.k3s) {
         summary.k3s = Some(super::k3s::install(root, k, input.recipe, f)?);
     }

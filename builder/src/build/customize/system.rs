@@ -237,13 +237,23 @@ pub const MASKED_BY_DEFAULT: &[&str] = &[
     "dpkg-db-backup.timer",
     "systemd-firstboot.service",
     "systemd-machine-id-commit.service",
+    // The updater's health step commits trial boots itself (with the guard against a stale
+    // LoaderBootCountPath), after its checks pass.
+    "systemd-bless-boot.service",
 ];
 
-/// The device agent: `/usr/bin/edgeimg-updater`, the provisioning service, and the
-/// clock floor (the system clock never starts before this release was built: K3s
-/// certificates and TUF expiry checks need a sane clock on boards without an RTC).
-/// Returns the sha256 of the installed updater.
-pub fn device_agent(root: &Path, updater: &Path, epoch: u64) -> io::Result<String> {
+/// The device agent: `/usr/bin/edgeimg-updater`, its configuration and trusted root, the
+/// update, health and provisioning services, and the clock floor (the system clock never
+/// starts before this release was built: K3s certificates and TUF expiry checks need a
+/// sane clock on boards without an RTC). Returns the sha256 of the installed updater.
+pub fn device_agent(
+    root: &Path,
+    updater: &Path,
+    epoch: u64,
+    config: &str,
+    trusted_root: Option<&[u8]>,
+    health_timeout: u64,
+) -> io::Result<String> {
     let bin = fs::read(updater)
         .map_err(|e| io::Error::new(e.kind(), format!("reading the device updater {}: {e}", updater.display())))?;
     write_file(root, "/usr/bin/edgeimg-updater", &bin, 0o755)?;
@@ -267,6 +277,59 @@ pub fn device_agent(root: &Path, updater: &Path, epoch: u64) -> io::Result<Strin
          WantedBy=sysinit.target\n",
         0o644,
     )?;
+    write_file(root, "/usr/lib/edgeimg/updater.toml", config, 0o644)?;
+    if let Some(r) = trusted_root {
+        write_file(root, "/usr/lib/edgeimg/root.json", r, 0o644)?;
+    }
+    write_file(
+        root,
+        "/usr/lib/systemd/system/edgeimg-updater.service",
+        "# Written by edgeimg.\n\
+         [Unit]\n\
+         Description=edgeimg updater: A/B updates through TUF\n\
+         Wants=network-online.target\n\
+         After=network-online.target boot-complete.target edgeimg-health.service\n\
+         RequiresMountsFor=/data\n\n\
+         [Service]\n\
+         Type=notify\n\
+         ExecStart=/usr/bin/edgeimg-updater run\n\
+         Restart=always\n\
+         RestartSec=30s\n\
+         WatchdogSec=15min\n\n\
+         [Install]\n\
+         WantedBy=multi-user.target\n",
+        0o644,
+    )?;
+    // A trial boot is committed only when the health checks pass; if they fail or hang,
+    // systemd reboots and the loader falls back to the other slot.
+    write_file(
+        root,
+        "/usr/lib/systemd/system/edgeimg-health.service",
+        format!(
+            "# Written by edgeimg.\n\
+             [Unit]\n\
+             Description=edgeimg: check this boot; commit a trial boot or give it up\n\
+             # Runs on every boot (results go into the reports). No default dependencies: it\n\
+             # may wait minutes for K3s, and multi-user.target must not wait for it.\n\
+             DefaultDependencies=no\n\
+             Requires=sysinit.target\n\
+             Wants=network-online.target\n\
+             After=basic.target network-online.target time-set.target k3s.service edgeimg-k3s-prepare.service\n\
+             Before=boot-complete.target shutdown.target\n\
+             Conflicts=shutdown.target\n\
+             RequiresMountsFor=/data /efi\n\n\
+             [Service]\n\
+             Type=oneshot\n\
+             RemainAfterExit=yes\n\
+             ExecStart=/usr/bin/edgeimg-updater health\n\
+             TimeoutStartSec={health_timeout}\n\
+             FailureAction=reboot\n\n\
+             [Install]\n\
+             WantedBy=multi-user.target\n\
+             RequiredBy=boot-complete.target\n"
+        ),
+        0o644,
+    )?;
     // systemd moves the clock forward to this file's mtime at boot (erofs -T sets it).
     write_file(root, "/usr/lib/clock-epoch", format!("{epoch}\n"), 0o644)?;
     Ok(crate::fsutil::sha256_bytes(&bin))
@@ -274,7 +337,13 @@ pub fn device_agent(root: &Path, updater: &Path, epoch: u64) -> io::Result<Strin
 
 /// Services edgeimg itself needs enabled.
 pub fn default_enabled(root: &Path, ssh: bool) -> Vec<&'static str> {
-    let mut v = vec!["systemd-networkd.service", "edgeimg-grow-data.service", "edgeimg-provision.service"];
+    let mut v = vec![
+        "systemd-networkd.service",
+        "edgeimg-grow-data.service",
+        "edgeimg-provision.service",
+        "edgeimg-updater.service",
+        "edgeimg-health.service",
+    ];
     if in_root(root, "/usr/lib/systemd/system/systemd-resolved.service").exists() {
         v.push("systemd-resolved.service");
     }
@@ -285,51 +354,4 @@ pub fn default_enabled(root: &Path, ssh: bool) -> Vec<&'static str> {
         v.push("edgeimg-ssh-hostkeys.service");
     }
     v
-}
-
-/// systemd-bless-boot marks a tried entry good once boot-complete.target is reached; the
-/// guard makes sure that entry is the one that booted (see files/bless-guard).
-pub fn bless_guard(root: &Path) -> io::Result<()> {
-    write_file(root, "/usr/lib/edgeimg/bless-guard", include_str!("files/bless-guard"), 0o755)?;
-    write_file(
-        root,
-        "/usr/lib/systemd/system/systemd-bless-boot.service.d/50-edgeimg-guard.conf",
-        "# Written by edgeimg: never bless an entry other than the one that booted.\n\
-         [Service]\n\
-         ExecCondition=/usr/lib/edgeimg/bless-guard\n",
-        0o644,
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use std::path::Path;
-    use std::process::Command;
-
-    fn var(dir: &Path, name: &str, value: &str) {
-        let mut b = vec![7u8, 0, 0, 0];
-        for u in value.encode_utf16() {
-            b.extend_from_slice(&u.to_le_bytes());
-        }
-        b.extend_from_slice(&[0, 0]);
-        std::fs::write(dir.join(format!("{name}-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f")), b).unwrap();
-    }
-
-    fn guard(dir: &Path) -> i32 {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("src/build/customize/files/bless-guard");
-        Command::new("sh").arg(script).env("EFIVARS", dir).status().unwrap().code().unwrap()
-    }
-
-    #[test]
-    fn bless_guard_blesses_only_the_booted_entry() {
-        let d = tempfile::tempdir().unwrap();
-        assert_eq!(guard(d.path()), 1, "no boot counting: nothing to bless");
-        var(d.path(), "LoaderBootCountPath", "\\loader\\entries\\slot-b+0-1.conf");
-        var(d.path(), "LoaderEntrySelected", "slot-b.conf");
-        assert_eq!(guard(d.path()), 0, "the counted entry booted");
-        var(d.path(), "LoaderEntrySelected", "slot-a.conf");
-        assert_eq!(guard(d.path()), 1, "stale count path from a failed try of B; A booted");
-        var(d.path(), "LoaderBootCountPath", "\\loader\\entries\\slot-a+2.conf");
-        assert_eq!(guard(d.path()), 0);
-    }
 }
