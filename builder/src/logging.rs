@@ -1,4 +1,7 @@
 //! One tracing setup for the edgeimg binary: human-readable on stderr, JSON on request.
+//! Colours only on a terminal: `edgeimg serve` under systemd logs to the journal.
+
+use std::io::IsTerminal;
 
 use tracing_subscriber::EnvFilter;
 
@@ -10,6 +13,10 @@ pub fn init(verbose: u8, json: bool) {
         _ => "debug",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_target(false);
     let _ = if json { builder.json().try_init() } else { builder.compact().try_init() };
 }

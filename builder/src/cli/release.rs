@@ -70,11 +70,13 @@ pub struct PublishArgs {
 pub struct RolloutArgs {
     /// Channel name, e.g. canary, beta, stable.
     pub channel: String,
+    /// The TUF repository (made by `edgeimg publish`).
     #[arg(long)]
     pub repo: PathBuf,
     /// Key directory with the online keys: rollout.pk8, snapshot.pk8, timestamp.pk8.
     #[arg(long)]
     pub keys: PathBuf,
+    /// Board whose entry in the channel changes.
     #[arg(long)]
     pub board: String,
     /// Release version to roll out (must be published).
@@ -193,10 +195,19 @@ pub fn publish(a: PublishArgs, json: bool) -> Result<()> {
             percent: Some(a.percent.unwrap_or(100)),
             ..Default::default()
         };
-        channel = Some(rt.block_on(edgeimg_release::rollout::apply(&repo, &keys, &change, &Lifetimes::default(), opts.now))?);
+        channel = Some(rt.block_on(edgeimg_release::rollout::apply(
+            &repo,
+            &keys,
+            &change,
+            &Lifetimes::default(),
+            opts.now,
+        ))?);
     }
     if json {
-        println!("{}", serde_json::json!({"manifest_target": p.manifest_target, "manifest": p.manifest, "channel": channel}));
+        println!(
+            "{}",
+            serde_json::json!({"manifest_target": p.manifest_target, "manifest": p.manifest, "channel": channel})
+        );
     } else {
         println!(
             "published {} {} for {} ({} MiB in {} artifacts) into {}{}",
@@ -221,7 +232,11 @@ pub fn rollout(a: RolloutArgs, json: bool) -> Result<()> {
         (true, _) => None,
         (false, Some(period)) => {
             let steps = a.waves.len() as i64;
-            Some(Waves { percents: a.waves.clone(), start: now.as_second(), interval: (period.as_secs() / steps).max(1) })
+            Some(Waves {
+                percents: a.waves.clone(),
+                start: now.as_second(),
+                interval: (period.as_secs() / steps).max(1),
+            })
         }
         (false, None) => anyhow::bail!("--waves needs --period"),
     };
@@ -256,7 +271,9 @@ pub fn rollout(a: RolloutArgs, json: bool) -> Result<()> {
         println!("{}", serde_json::to_string(&ch)?);
     } else {
         let how = match &b.waves {
-            Some(w) => format!("waves {:?}% every {}s (now {}%)", w.percents, w.interval, b.percent_at(now.as_second())),
+            Some(w) => {
+                format!("waves {:?}% every {}s (now {}%)", w.percents, w.interval, b.percent_at(now.as_second()))
+            }
             None => format!("{}%", b.percent),
         };
         println!(
