@@ -71,6 +71,24 @@ pub enum CheckOutcome {
     Install(String),
 }
 
+impl std::fmt::Display for CheckOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            CheckOutcome::Decision(d) => match d {
+                Decision::NoRelease => write!(f, "the channel has no release for this board"),
+                Decision::UpToDate => write!(f, "up to date"),
+                Decision::Paused { reason } => write!(f, "the rollout is paused ({reason})"),
+                Decision::NotYet { percent } => write!(f, "not in the rollout yet (at {percent}%)"),
+                Decision::FailedBefore => write!(f, "the channel's release failed on this device before: not retried"),
+                Decision::Older => write!(f, "the channel's release is older than what runs (no rollback ordered)"),
+                Decision::Install { image, version } => write!(f, "{image} {version} available"),
+            },
+            CheckOutcome::WaitingForTime => write!(f, "waiting for the clock to be synchronized"),
+            CheckOutcome::Install(what) => write!(f, "{what} available"),
+        }
+    }
+}
+
 pub struct Agent {
     pub settings: Settings,
     pub root: PathBuf,

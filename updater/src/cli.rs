@@ -144,7 +144,7 @@ pub fn run(cli: Cli) -> Result<()> {
                     println!("{what} staged; it is tried at the next reboot");
                 }
                 (CheckOutcome::Install(what), _) => println!("update available: {what} (run with --install)"),
-                (o, _) => println!("{o:?}"),
+                (o, _) => println!("{o}"),
             }
             Ok(())
         }

@@ -132,7 +132,7 @@ pub async fn once(agent: &mut Agent) -> Result<String, AgentError> {
                 tracing::info!("installing {what}");
                 agent.install(&plan).await.map(|_| format!("{what} staged"))
             }
-            Ok((o, _)) => Ok(format!("{o:?}")),
+            Ok((o, _)) => Ok(o.to_string()),
             Err(e) => Err(e),
         },
         State::Downloading { manifest, .. } | State::Verified { manifest, .. } => {
@@ -141,7 +141,7 @@ pub async fn once(agent: &mut Agent) -> Result<String, AgentError> {
                 Ok((_, Some(plan))) => {
                     agent.install(&plan).await.map(|_| format!("{image} {version} staged (resumed)"))
                 }
-                Ok((o, _)) => Ok(format!("resume waits: {o:?}")),
+                Ok((o, _)) => Ok(format!("resume waits: {o}")),
                 Err(e) => Err(e),
             }
         }
