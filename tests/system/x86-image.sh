@@ -135,16 +135,8 @@ grep -q "slot-b+0-1.conf .*failed (no tries left)" "$T/inspect4.txt" || fail "B'
 ok "slot B's entry is now slot-b+0-1.conf (no tries left, sorts last)"
 rm -f "$T/fallback.img"
 
-log "boot 5: slot B on trial with the right root hash boots and is blessed"
-cp --sparse=always "$B/disk.img" "$T/bless.img"
-install_slot "$T/bless.img" "$B/payload" b 1
-"$ROOT/tests/qemu-boot" --reboot --poweroff --timeout 600 --in-place --log "$T/boot5.log" "$T/bless.img" || fail "slot B boot failed (serial log $T/boot5.log)"
-expect slot b "$T/boot5.log"
-expect failed-units "" "$T/boot5.log"
-"$EDGEIMG" inspect "$T/bless.img" >"$T/inspect5.txt"
-grep -q "slot-b.conf .*slot b .*good" "$T/inspect5.txt" || fail "slot B was not blessed: $(cat "$T/inspect5.txt")"
-ok "the updater's health step committed slot B (slot-b+1 became slot-b.conf)"
-rm -f "$T/bless.img"
+# A trial slot with the right root hash that passes its health checks and is committed is
+# covered end to end by tests/system/e2e.sh (the updater writes, arms and commits it).
 
 log "reproducibility: a second build from scratch (no cached rootfs) gives the same disk.img"
 t0=$(now)

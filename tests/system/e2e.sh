@@ -1,0 +1,239 @@
+#!/bin/bash
+# End to end: one device in QEMU (TCG, OVMF) updates itself from `edgeimg serve` on
+# 127.0.0.1, reached through QEMU user networking (restrict=on, guestfwd 10.0.2.100:8080).
+#   v1  built, flashed (with a provisioning file carrying the fleet enrollment token), booted;
+#       the device enrolls and reports v1.
+#   v2  published at 100%: downloaded into the other slot, tried once, healthy (K3s stand-in
+#       node Ready), committed, reported.
+#   v3  its health check fails: the device falls back to v2 by itself, reports the failure,
+#       never retries v3, and the server auto-halts the channel (threshold: one device).
+#   v4  QEMU is killed while v4 is being written; the device boots v2 again, resumes the
+#       download where it stopped, and commits v4.
+# Asserts on the serial log and the server's API; prints a timing table. Logs, serial
+# consoles and the server's database stay in $T (printed on failure).
+source "$(dirname "$0")/../lib.sh"
+source "$ROOT/tests/lib-images.sh"
+SERVER_PORT=${SERVER_PORT:-18480}
+API=http://127.0.0.1:$SERVER_PORT
+QEMU_PID=
+SERVER_PID=
+cleanup() {
+    [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null
+    [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null
+    stop_services
+    true
+}
+trap cleanup EXIT
+command -v busybox >/dev/null || fail "busybox is needed for the guest forward (apt-get install busybox-static)"
+
+rm -rf "$T/out" "$T/recipe" "$T/keys" "$T/repo" "$T/repo.state" "$T/vm" "$T"/*.log "$T/disk.img"
+timings=()
+timing() { timings+=("$(printf '%-44s %7s s' "$1" "$2")"); }
+
+log "inputs on 127.0.0.1: registry, test images, K3s stand-in mirror; release keys"
+start_registry "$T/registry"
+make_test_images "$T/inputs"
+start_mirror "$T/inputs/mirror"
+"$EDGEIMG" keys init --out "$T/keys" >"$T/keys.log" 2>&1 || { cat "$T/keys.log"; fail "keys init failed"; }
+ok "fresh release keys and root.json in $T/keys"
+
+K3S_SHA256=$(sha256sum <"$ROOT/tests/k3s-standin/k3s" | cut -c1-64)
+AIRGAP_AMD64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-amd64.tar.zst" | cut -c1-64)
+AIRGAP_ARM64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-arm64.tar.zst" | cut -c1-64)
+R=$T/recipe
+mkdir -p "$R"
+cp -r "$ROOT/tests/recipes/selftest-overlay" "$ROOT/tests/recipes/k3s-test-overlay" "$ROOT/tests/recipes/e2e-overlay" \
+    "$ROOT/tests/recipes/k3s-test" "$R/"
+cp "$T/keys/root.json" "$R/root.json"
+# render OUT HEALTH_COMMANDS: the K3s test recipe (the app image pinned by digest, no lock
+# file needed) plus the updater: this server, a short poll, the host's clock (QEMU's RTC).
+render() {
+    sed -e "s|@MIRROR_PORT@|$MIRROR_PORT|g; s|@REGISTRY_PORT@|$REGISTRY_PORT|g; s|@K3S_SHA256@|$K3S_SHA256|g" \
+        -e "s|@AIRGAP_AMD64@|$AIRGAP_AMD64|g; s|@AIRGAP_ARM64@|$AIRGAP_ARM64|g; s|@HELLO_DIGEST@|$HELLO_DIGEST|g" \
+        -e "s|\"127.0.0.1:@REGISTRY_PORT@/edgeimg/app:2.0\"|\"127.0.0.1:$REGISTRY_PORT/edgeimg/app:2.0@$APP_DIGEST\"|" \
+        -e "s|127.0.0.1:$REGISTRY_PORT/edgeimg/app:2.0\"|127.0.0.1:$REGISTRY_PORT/edgeimg/app:2.0@$APP_DIGEST\"|" \
+        -e 's|^overlays = \["selftest-overlay", "k3s-test-overlay"\]|overlays = ["selftest-overlay", "k3s-test-overlay", "e2e-overlay"]|' \
+        "$ROOT/tests/recipes/k3s-test.toml.in" >"$1"
+    cat >>"$1" <<TOML
+
+[updater]
+server = "http://10.0.2.100:8080"
+root = "root.json"
+channel = "stable"
+poll_interval = "10s"
+time = "system"
+health_deadline = "240s"
+# Slow enough that the power-cut step catches a write in the middle (~300 MB at 25 MB/s).
+rate_limit = 25000000
+health_commands = $2
+TOML
+}
+render "$R/good.toml" '[["/usr/bin/true"]]'
+render "$R/bad.toml" '[["/usr/bin/false"]]'
+grep -q "app:2.0@$APP_DIGEST" "$R/good.toml" || fail "recipe template changed: app image not pinned ($R/good.toml)"
+
+build() { # build VERSION RECIPE
+    local t0
+    t0=$(now)
+    "$EDGEIMG" build --board qemu-x86_64 --recipe "$2" --version "$1" --out "$T/out" >"$T/build-$1.log" 2>&1 \
+        || { tail -n 30 "$T/build-$1.log"; fail "build of $1 failed ($T/build-$1.log)"; }
+    timing "build $1" "$(elapsed "$t0")"
+}
+OUT=$T/out/qemu-x86_64/k3s-test
+publish() { # publish VERSION: sign into the repository and put it on stable at 100%
+    "$EDGEIMG" publish "$OUT/$1" --repo "$T/repo" --keys "$T/keys" --channel stable --percent 100 >"$T/publish-$1.log" 2>&1 \
+        || { cat "$T/publish-$1.log"; fail "publish $1 failed"; }
+}
+
+log "building v1 and v2 (the same recipe), v3 (its health check fails) and v4"
+build 1.0.0 "$R/good.toml"
+build 2.0.0 "$R/good.toml"
+build 3.0.0 "$R/bad.toml"
+build 4.0.0 "$R/good.toml"
+jq -e '.version == "2.0.0"' "$OUT/2.0.0/report.json" >/dev/null || fail "v2 report.json has the wrong version"
+ok "four releases built"
+
+log "repository and server"
+publish 1.0.0
+"$EDGEIMG" rollout stable --repo "$T/repo" --keys "$T/keys" --board qemu-x86_64 --release 1.0.0 --percent 100 \
+    --halt-after-failures 0 --halt-min-devices 1 >"$T/rollout.log" 2>&1 || { cat "$T/rollout.log"; fail "rollout failed"; }
+head -c 24 /dev/urandom | base64 >"$T/enroll-token"
+"$EDGEIMG" serve --repo "$T/repo" --keys "$T/keys" --listen "127.0.0.1:$SERVER_PORT" --enroll-token-file "$T/enroll-token" \
+    --refresh-interval 30s -v >"$T/server.log" 2>&1 &
+SERVER_PID=$!
+for _ in $(seq 100); do curl -sf "$API/healthz" >/dev/null && break; sleep 0.2; done
+curl -sf "$API/healthz" >/dev/null || fail "edgeimg serve did not start ($T/server.log)"
+curl -sf "$API/tuf/metadata/timestamp.json" | jq -e '.signed._type == "timestamp"' >/dev/null || fail "no timestamp.json served"
+ok "edgeimg serve on 127.0.0.1:$SERVER_PORT; stable = 1.0.0 at 100%, auto-halt after one failed device"
+
+log "flashing v1 with a provisioning file (enrollment token) and booting it"
+cp --sparse=always "$OUT/1.0.0/disk.img" "$T/disk.img"
+printf 'hostname = "e2e-dev1"\n[updater]\nenroll_token = "%s"\n' "$(cat "$T/enroll-token")" >"$T/provision.toml"
+"$EDGEIMG" flash --yes --provision "$T/provision.toml" "$OUT/1.0.0/disk.img.zst" "$T/disk.img" >"$T/flash.log" 2>&1 \
+    || { cat "$T/flash.log"; fail "edgeimg flash failed"; }
+grep -q "$(cat "$T/enroll-token")" "$T/flash.log" && fail "the enrollment token appears in the flash output"
+ok "flashed with edgeimg flash --provision (token not in its output)"
+
+# boot_vm LOG: boot the disk in place (UEFI variables kept in $T/vm), rebooting inside one
+# QEMU run, the update server reachable from the guest at 10.0.2.100:8080.
+boot_vm() {
+    "$ROOT/tests/qemu-boot" --state "$T/vm" --in-place --reboot --mem 2048 \
+        --net-fwd "tcp:10.0.2.100:8080-cmd:busybox nc 127.0.0.1 $SERVER_PORT" --log "$1" "$T/disk.img" &
+    QEMU_PID=$!
+}
+# wait_for WHAT TIMEOUT COMMAND...: poll until COMMAND succeeds.
+wait_for() {
+    local what=$1 limit=$2 t0=$SECONDS
+    shift 2
+    until "$@" >/dev/null 2>&1; do
+        [ $((SECONDS - t0)) -lt "$limit" ] || fail "timed out after ${limit}s waiting for: $what"
+        kill -0 "$QEMU_PID" 2>/dev/null || fail "QEMU exited while waiting for: $what"
+        sleep 2
+    done
+}
+device() { curl -sf "$API/api/v1/devices" | jq -c '.devices[0] // empty'; }
+dev_is() { # dev_is VERSION STATE
+    curl -sf "$API/api/v1/devices" | jq -e --arg v "$1" --arg s "$2" '.devices[0] | .version == $v and .state == $s'
+}
+dev_on() { # dev_on VERSION SLOT
+    curl -sf "$API/api/v1/devices" | jq -e --arg v "$1" --arg s "$2" '.devices[0] | .version == $v and .slot == $s'
+}
+dev_event() { # dev_event KIND VERSION: the device reported this event
+    local id
+    id=$(device | jq -r .id)
+    curl -sf "$API/api/v1/devices/$id" | jq -e --arg k "$1" --arg v "$2" '[.events[] | select(.kind == $k and .version == $v)] | length > 0'
+}
+serial_count() { grep -ac "$1" "$2" || true; }
+reboots_more_than() { [ "$(serial_count 'reboot: Restarting system' "$2")" -gt "$1" ]; } # reboots_more_than N LOG
+
+L1=$T/serial-1.log
+t0=$(now)
+boot_vm "$L1"
+wait_for "v1: K3s node Ready on the serial console" 600 grep -aq "EDGEIMG-SELFTEST k3s-node-ready=True" "$L1"
+timing "boot v1 to K3s node Ready" "$(elapsed "$t0")"
+wait_for "v1: the device enrolls and reports 1.0.0" 180 dev_is 1.0.0 idle
+timing "boot v1 to first report" "$(elapsed "$t0")"
+D=$(device)
+[ "$(jq -r .status <<<"$D")" = approved ] || fail "device not approved by the enrollment token: $D"
+[ "$(jq -r .slot <<<"$D")" = a ] || fail "v1 should run in slot a: $D"
+ok "device $(jq -r .id <<<"$D") enrolled with the fleet token (approved), reports 1.0.0 in slot a"
+
+log "v2 at 100%: download, write slot b, reboot, health, commit"
+t0=$(now)
+publish 2.0.0
+wait_for "v2: the device starts installing" 120 grep -aq "installing .*2\.0\.0" "$L1"
+wait_for "v2: reboot into slot b" 600 reboots_more_than 0 "$L1"
+timing "v2 publish to reboot (download + write)" "$(elapsed "$t0")"
+t1=$(now)
+wait_for "v2: committed and reported" 600 dev_is 2.0.0 idle
+timing "v2 reboot to commit reported" "$(elapsed "$t1")"
+D=$(device)
+[ "$(jq -r .slot <<<"$D")" = b ] || fail "v2 should run in slot b: $D"
+dev_event committed 2.0.0 >/dev/null || fail "no committed event for 2.0.0: $(curl -s "$API/api/v1/devices/$(jq -r .id <<<"$D")")"
+wait_for "v2: the self-test shows 2.0.0 running" 300 grep -aq "EDGEIMG-SELFTEST os-image-version=2.0.0" "$L1"
+ok "v2 runs in slot b, committed (health: $(jq -c '[.health[] | .check + "=" + (.ok | tostring)]' <<<"$D"))"
+
+log "v3 fails its health check: fallback to v2, failure reported, channel auto-halted"
+t0=$(now)
+reboots=$(serial_count 'reboot: Restarting system' "$L1")
+publish 3.0.0
+wait_for "v3: reboot into slot a for the trial" 900 reboots_more_than "$reboots" "$L1"
+t1=$(now)
+timing "v3 publish to trial reboot" "$(elapsed "$t0")"
+wait_for "v3: the device is back on v2 and reports the rollback" 900 dev_event rolled-back 3.0.0
+timing "v3 trial reboot to rollback reported" "$(elapsed "$t1")"
+# The failed check's log line comes from v3's own health step (its console log).
+grep -aq "health command:/usr/bin/false: FAILED" "$L1" || fail "v3's health step never ran (serial log $L1)"
+wait_for "v3: device reports 2.0.0 in slot b" 120 dev_on 2.0.0 b
+ok "v3 was tried, failed health, the device fell back to 2.0.0 by itself"
+wait_for "the server auto-halts stable" 120 sh -c \
+    "curl -sf $API/api/v1/channels | jq -e '.channels[] | select(.name == \"stable\") | .channel.boards[\"qemu-x86_64\"].paused'"
+reason=$(curl -sf "$API/api/v1/channels" | jq -r '.channels[] | select(.name == "stable") | .channel.boards["qemu-x86_64"].pause_reason')
+ok "stable auto-halted: $reason"
+# The signed channel file the device reads says so too (consistent snapshots: the target is
+# served under its hash, which the newest rollout metadata names).
+rollout_meta=$(ls "$T/repo/metadata" | grep -E '^[0-9]+\.rollout\.json$' | sort -n | tail -n 1)
+chash=$(jq -r '.signed.targets["channel~stable.json"].hashes.sha256' "$T/repo/metadata/$rollout_meta")
+curl -sf "$API/tuf/targets/$chash.channel~stable.json" | jq -e '.boards["qemu-x86_64"].paused' >/dev/null \
+    || fail "the served channel file ($rollout_meta, $chash) is not paused"
+trials=$(serial_count "health command:/usr/bin/false: FAILED" "$L1")
+[ "$trials" = 1 ] || fail "v3's health step ran $trials times"
+sleep 40 # four poll intervals
+[ "$(serial_count "health command:/usr/bin/false: FAILED" "$L1")" = 1 ] || fail "v3 was tried again"
+grep -a "installing .*3\.0\.0" "$L1" | wc -l | grep -qx 1 || fail "v3 was downloaded more than once"
+ok "v3 not retried (four poll intervals later)"
+
+log "v4 with a power cut in the middle of writing it"
+publish 4.0.0
+"$EDGEIMG" rollout stable --repo "$T/repo" --keys "$T/keys" --board qemu-x86_64 --release 4.0.0 --percent 100 --resume \
+    >>"$T/rollout.log" 2>&1 || { cat "$T/rollout.log"; fail "resume failed"; }
+t0=$(now)
+wait_for "v4: the device starts installing" 180 grep -aq "installing .*4\.0\.0" "$L1"
+sleep 20 # several MiB into the slot: progress is persisted every 16 MiB
+kill -9 "$QEMU_PID"
+wait "$QEMU_PID" 2>/dev/null || true
+QEMU_PID=
+ok "QEMU killed $(elapsed "$t0") s after v4's download started"
+L2=$T/serial-2.log
+t0=$(now)
+boot_vm "$L2"
+wait_for "after the power cut: v2 boots" 600 grep -aq "EDGEIMG-SELFTEST os-image-version=2.0.0" "$L2"
+grep -aq "EDGEIMG-SELFTEST slot=b" "$L2" || fail "after the power cut the device did not boot slot b"
+ok "after the power cut the device runs 2.0.0 in slot b"
+wait_for "v4: the download resumes" 300 grep -aq "resuming .*4\.0\.0.* at byte [1-9]" "$L2"
+ok "$(grep -ao "resuming .*4\.0\.0.* at byte [0-9]*" "$L2" | head -n 1)"
+wait_for "v4: committed and reported" 900 dev_is 4.0.0 idle
+timing "power cut to v4 committed" "$(elapsed "$t0")"
+D=$(device)
+[ "$(jq -r .slot <<<"$D")" = a ] || fail "v4 should run in slot a: $D"
+ok "v4 runs in slot a, committed"
+kill "$QEMU_PID" 2>/dev/null; wait "$QEMU_PID" 2>/dev/null || true; QEMU_PID=
+
+log "server state"
+curl -sf "$API/metrics" >"$T/metrics.txt" || fail "no /metrics"
+grep -q "^edgeimg_" "$T/metrics.txt" || fail "/metrics has no edgeimg_ series"
+ok "/metrics serves $(grep -c '^edgeimg_' "$T/metrics.txt") edgeimg_ samples"
+
+printf '\n%-44s %9s\n' step time
+printf '%s\n' "${timings[@]}"
+done_ok
