@@ -17,8 +17,15 @@ SERVER_PORT=${SERVER_PORT:-18480}
 API=http://127.0.0.1:$SERVER_PORT
 QEMU_PID=
 SERVER_PID=
+# kill_vm [SIGNAL]: stop QEMU itself (not only the tests/qemu-boot wrapper) and wait for it.
+kill_vm() {
+    pkill "-${1:-TERM}" -f -- "-drive file=$T/disk.img," 2>/dev/null || true
+    [ -z "$QEMU_PID" ] || wait "$QEMU_PID" 2>/dev/null || true
+    while pgrep -f -- "-drive file=$T/disk.img," >/dev/null; do sleep 0.2; done
+    QEMU_PID=
+}
 cleanup() {
-    [ -n "$QEMU_PID" ] && kill "$QEMU_PID" 2>/dev/null
+    kill_vm
     [ -n "$SERVER_PID" ] && kill "$SERVER_PID" 2>/dev/null
     stop_services
     true
@@ -210,9 +217,7 @@ publish 4.0.0
 t0=$(now)
 wait_for "v4: the device starts installing" 180 grep -aq "installing .*4\.0\.0" "$L1"
 sleep 20 # several MiB into the slot: progress is persisted every 16 MiB
-kill -9 "$QEMU_PID"
-wait "$QEMU_PID" 2>/dev/null || true
-QEMU_PID=
+kill_vm KILL
 ok "QEMU killed $(elapsed "$t0") s after v4's download started"
 L2=$T/serial-2.log
 t0=$(now)
@@ -227,7 +232,7 @@ timing "power cut to v4 committed" "$(elapsed "$t0")"
 D=$(device)
 [ "$(jq -r .slot <<<"$D")" = a ] || fail "v4 should run in slot a: $D"
 ok "v4 runs in slot a, committed"
-kill "$QEMU_PID" 2>/dev/null; wait "$QEMU_PID" 2>/dev/null || true; QEMU_PID=
+kill_vm
 
 log "server state"
 curl -sf "$API/metrics" >"$T/metrics.txt" || fail "no /metrics"
