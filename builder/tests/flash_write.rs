@@ -3,6 +3,7 @@
 
 mod flash_fixture;
 
+use edgeimg::net::chain;
 use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
@@ -26,18 +27,6 @@ fn flash(image: &Path, target: &Path, bmap: BmapChoice) -> (Summary, Vec<FlashEv
     let mut t = plan.open_target().unwrap();
     let s = plan.execute(&mut t, &rec).unwrap();
     (s, rec.0.into_inner().unwrap())
-}
-
-/// The error and its causes on one line, as the CLI prints them.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Flash through a test target; the error must say the target was partially written.

@@ -25,6 +25,8 @@ pub mod writer;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 
+use crate::net::chain;
+
 pub use device::World;
 pub use error::FlashError;
 pub use job::{Plan, Request, Summary, TargetInfo, TargetKind};
@@ -78,18 +80,6 @@ impl FlashArgs {
             provision: self.provision.clone(),
         }
     }
-}
-
-/// The whole error chain on one line, as the CLI prints it.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
 
 /// Ask on the terminal; never wait for input that cannot come.
