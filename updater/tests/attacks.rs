@@ -156,7 +156,7 @@ async fn wrong_board_and_lower_version_and_floor() {
         .await
         .unwrap();
     let t = w.refused("lower version");
-    assert!(t.contains("Older"), "{t}");
+    assert!(t.contains("older than what runs"), "{t}");
     // Below the security floor, even with rollback allowed.
     let mut p: serde_json::Value = w.dev.state();
     p["security_floor"] = 7.into();

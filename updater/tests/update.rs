@@ -36,7 +36,7 @@ fn device(e: &Env, health: &str) -> Device {
 async fn full_update_commit() {
     let e = env().await;
     let dev = device(&e, "true");
-    assert!(dev.ok(&["run", "--once"]).contains("UpToDate"), "1.0.0 runs already");
+    assert!(dev.ok(&["run", "--once"]).contains("up to date"), "1.0.0 runs already");
 
     let b2 = fake_build(&e.dir, BOARD, "2.0.0", 3_000_000, 2);
     publish_build(&e.repo, &e.keys, &b2, 2).await;
@@ -66,7 +66,7 @@ async fn full_update_commit() {
     assert_eq!(dev.entries(), vec!["slot-a.conf", "slot-b.conf"]);
     // It stays on B.
     assert_eq!(dev.power_on(BOARD), edgeimg_proto::Slot::B);
-    assert!(dev.ok(&["run", "--once"]).contains("UpToDate"));
+    assert!(dev.ok(&["run", "--once"]).contains("up to date"));
     let hist = dev.ok(&["history"]);
     for s in ["downloading", "verified", "staged", "committed"] {
         assert!(hist.contains(s), "history lacks {s}: {hist}");
@@ -87,7 +87,7 @@ async fn failed_health_rolls_back_and_is_never_retried() {
     // The unit's FailureAction reboots: the entry has no tries left, A boots.
     assert_eq!(dev.power_on(BOARD), edgeimg_proto::Slot::A);
     let out = dev.ok(&["run", "--once"]);
-    assert!(out.contains("FailedBefore"), "2.0.0 is never tried again: {out}");
+    assert!(out.contains("failed on this device before"), "2.0.0 is never tried again: {out}");
     let st = dev.status();
     assert_eq!(st["running"]["version"], "1.0.0");
     assert_eq!(st["failed"][0]["version"], "2.0.0");
