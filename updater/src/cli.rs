@@ -78,6 +78,36 @@ pub enum Command {
     },
     /// Link this release's images and manifests into K3s's state (boot service).
     K3sPrepare,
+    /// The device's TUF client on its own, with the TUF conformance suite's client protocol
+    /// (diagnostics: would this device accept that repository?). Keeps its own metadata
+    /// directory; never touches the updater's state.
+    #[command(name = "tuf-client")]
+    TufClient {
+        #[arg(long)]
+        metadata_dir: PathBuf,
+        #[arg(long)]
+        metadata_url: Option<String>,
+        /// Target path to download (repeatable; processed in order).
+        #[arg(long = "target-name")]
+        target_names: Vec<String>,
+        #[arg(long)]
+        target_base_url: Option<String>,
+        #[arg(long)]
+        target_dir: Option<PathBuf>,
+        #[command(subcommand)]
+        action: TufAction,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TufAction {
+    /// Trust this root.json (copied as is, no network).
+    Init { root: PathBuf },
+    /// Update root, timestamp, snapshot and targets (TUF 1.0 §5.3–§5.6).
+    Refresh,
+    /// Refresh, then find each --target-name through the delegations and download it
+    /// verified into --target-dir.
+    Download,
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -184,6 +214,22 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Health => health(&cli),
+        Command::TufClient { metadata_dir, metadata_url, target_names, target_base_url, target_dir, action } => {
+            use crate::tuf::conformance::{Action, Args};
+            let action = match action {
+                TufAction::Init { root } => Action::Init(root.clone()),
+                TufAction::Refresh => Action::Refresh,
+                TufAction::Download => Action::Download,
+            };
+            runtime().block_on(crate::tuf::conformance::run(Args {
+                metadata_dir: metadata_dir.clone(),
+                metadata_url: metadata_url.clone(),
+                target_names: target_names.clone(),
+                target_base_url: target_base_url.clone(),
+                target_dir: target_dir.clone(),
+                action,
+            }))
+        }
     }
 }
 

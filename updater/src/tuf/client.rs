@@ -84,12 +84,13 @@ fn verify_with_root<T>(root: &Root, meta: &Signed<T>, role: &str) -> Result<(), 
     verify_threshold(meta, role, &root.keys, &rk.keyids, rk.threshold)
 }
 
-/// URL-encode a role name for its metadata file name (§5.6.7: delegated role files).
+const TOP_LEVEL: [&str; 4] = ["root", "timestamp", "snapshot", "targets"];
+
+/// A role's metadata file name (§5.6.7: delegated role files); the fetcher encodes it.
 fn role_file(version: Option<u64>, role: &str) -> String {
-    let name = super::fetch::encode_path(role).replace('/', "%2F");
     match version {
-        Some(v) => format!("{v}.{name}.json"),
-        None => format!("{name}.json"),
+        Some(v) => format!("{v}.{role}.json"),
+        None => format!("{role}.json"),
     }
 }
 
@@ -101,8 +102,10 @@ impl<F: Fetcher> Client<F> {
             path: store.dir.display().to_string(),
             message: "no trusted root.json".into(),
         })?;
-        // §5.2: the trusted root is trusted as-is (it came with the image).
+        // §5.2: the trusted root came with the image; it must still be signed by a threshold
+        // of its own root keys (a damaged or tampered file is not trusted).
         let root: Signed<Root> = parse(&bytes, "root")?;
+        verify_with_root(&root.signed, &root, "root")?;
         let mut c = Self {
             fetcher,
             store,
@@ -301,6 +304,20 @@ impl<F: Fetcher> Client<F> {
             .meta
             .get(&format!("{role}.json"))
             .ok_or_else(|| TufError::Missing { what: format!("{role}.json"), role: "snapshot".into() })?;
+        // The trusted copy is reused while the snapshot still names it (same version and
+        // hashes), but always checked again against *this* delegator's keys: a role reached
+        // through another path must not lend its trust here.
+        // Stored under its URL-encoded name: no role name can reach outside the store.
+        let file = super::fetch::encode_component(role);
+        if let Some(old) = self.store.load(&file)?.and_then(|b| parse::<Targets>(&b, role).ok()) {
+            if old.signed.version == meta.version
+                && check_hashes(role, &old.bytes, meta.length, meta.hashes.as_ref()).is_ok()
+            {
+                verify_threshold(&old, role, keys, keyids, threshold)?;
+                check_expiry(role, &old.signed.expires, self.now)?;
+                return Ok(old);
+            }
+        }
         let path = role_file(self.root.signed.consistent_snapshot.then_some(meta.version), role);
         let bytes = self.fetcher.fetch(true, &path, meta.length.unwrap_or(self.limits.targets)).await?;
         check_hashes(&format!("{role}.json"), &bytes, meta.length, meta.hashes.as_ref())?;
@@ -314,6 +331,8 @@ impl<F: Fetcher> Client<F> {
             });
         }
         check_expiry(role, &new.signed.expires, self.now)?;
+        // §5.6.6 / §5.6.7: persist the newly trusted role.
+        self.store.save(&file, &bytes)?;
         Ok(new)
     }
 
@@ -338,7 +357,6 @@ impl<F: Fetcher> Client<F> {
         }
         let rk = role_keys(&self.root.signed, "targets")?.clone();
         let new = self.fetch_targets_role("targets", &self.root.signed.keys, &rk.keyids, rk.threshold).await?;
-        self.store.save("targets", &new.bytes)?;
         self.targets = Some(new);
         Ok(())
     }
@@ -374,24 +392,30 @@ impl<F: Fetcher> Client<F> {
                 );
                 return Ok(None);
             }
-            let meta = match self.delegated.get(&role.name) {
-                Some(m) => m.clone(),
-                None => match self.fetch_targets_role(&role.name, &dels.keys, &role.keyids, role.threshold).await {
-                    Ok(m) => {
-                        self.delegated.insert(role.name.clone(), m.clone());
-                        m
+            let found = match self.delegated.get(&role.name) {
+                // Loaded before in this search, possibly through another delegator: its
+                // signatures must satisfy this delegation too.
+                Some(m) => {
+                    verify_threshold(m, &role.name, &dels.keys, &role.keyids, role.threshold).map(|()| m.clone())
+                }
+                None if TOP_LEVEL.contains(&role.name.as_str()) => Err(TufError::Malformed {
+                    role: role.name.clone(),
+                    message: "a delegated role cannot have a top-level role's name".into(),
+                }),
+                None => self.fetch_targets_role(&role.name, &dels.keys, &role.keyids, role.threshold).await,
+            };
+            let meta = match found {
+                Ok(m) => {
+                    self.delegated.insert(role.name.clone(), m.clone());
+                    m
+                }
+                Err(e) => {
+                    tracing::warn!("delegated role {} is unusable ({e}); {name} is not found through it", role.name);
+                    if role.terminating {
+                        return Ok(None);
                     }
-                    Err(e) => {
-                        tracing::warn!(
-                            "delegated role {} is unusable ({e}); {name} is not found through it",
-                            role.name
-                        );
-                        if role.terminating {
-                            return Ok(None);
-                        }
-                        continue;
-                    }
-                },
+                    continue;
+                }
             };
             if let Some(t) = meta.signed.targets.get(name) {
                 return Ok(Some(self.info(name, t)));

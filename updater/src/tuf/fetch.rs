@@ -18,9 +18,19 @@ pub trait Fetcher {
 
 /// Percent-encode a path for a URL (keeping `/`).
 pub fn encode_path(path: &str) -> String {
+    encode(path, b"-._~/")
+}
+
+/// Percent-encode one path component (also `/`): metadata file names, which are flat even
+/// when a delegated role's name has a `/` in it, and local file names.
+pub fn encode_component(name: &str) -> String {
+    encode(name, b"-._~")
+}
+
+fn encode(path: &str, keep: &[u8]) -> String {
     let mut s = String::new();
     for b in path.bytes() {
-        if b.is_ascii_alphanumeric() || b"-._~/".contains(&b) {
+        if b.is_ascii_alphanumeric() || keep.contains(&b) {
             s.push(b as char);
         } else {
             s.push_str(&format!("%{b:02X}"));
@@ -46,8 +56,11 @@ impl HttpFetcher {
 
 impl Fetcher for HttpFetcher {
     fn location(&self, metadata: bool, path: &str) -> String {
-        let base = if metadata { &self.metadata_base } else { &self.targets_base };
-        format!("{base}{}", encode_path(path))
+        if metadata {
+            format!("{}{}", self.metadata_base, encode_component(path))
+        } else {
+            format!("{}{}", self.targets_base, encode_path(path))
+        }
     }
 
     async fn fetch(&self, metadata: bool, path: &str, max: u64) -> Result<Vec<u8>, TufError> {
@@ -84,13 +97,17 @@ pub struct DirFetcher {
 
 impl Fetcher for DirFetcher {
     fn location(&self, metadata: bool, path: &str) -> String {
-        let sub = if metadata { "metadata" } else { "targets" };
-        self.dir.join(sub).join(path).display().to_string()
+        if metadata {
+            self.dir.join("metadata").join(encode_component(path)).display().to_string()
+        } else {
+            self.dir.join("targets").join(path).display().to_string()
+        }
     }
 
     async fn fetch(&self, metadata: bool, path: &str, max: u64) -> Result<Vec<u8>, TufError> {
         use std::io::Read;
-        if path.split('/').any(|c| c == ".." || c.is_empty()) {
+        // Metadata names are one encoded component; target paths must stay inside.
+        if !metadata && path.split('/').any(|c| c == ".." || c.is_empty()) {
             return Err(TufError::NotFound { url: path.into() });
         }
         let loc = self.location(metadata, path);

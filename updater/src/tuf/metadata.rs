@@ -157,6 +157,11 @@ pub fn parse<T: RoleType>(bytes: &[u8], role: &str) -> Result<Signed<T>, TufErro
     }
     let bad = |m: String| TufError::Malformed { role: role.into(), message: m };
     let env: Envelope = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
+    // §4.2: "The keyid MUST be unique in the signatures array."
+    let mut seen = HashSet::new();
+    if let Some(s) = env.signatures.iter().find(|s| !seen.insert(s.keyid.as_str())) {
+        return Err(bad(format!("two signatures with the key id {}", s.keyid)));
+    }
     let signed: T = serde_json::from_value(env.signed.clone()).map_err(|e| bad(e.to_string()))?;
     if signed.kind() != T::TYPE {
         return Err(bad(format!("_type is `{}`, expected `{}`", signed.kind(), T::TYPE)));
@@ -173,8 +178,15 @@ pub fn canonical(v: &Value) -> Vec<u8> {
     out
 }
 
-/// Verify one signature with a key. Supports ed25519 (the keys edgeimg makes) and
-/// ecdsa-sha2-nistp256 (common in other TUF repositories).
+/// The key inside a PEM SubjectPublicKeyInfo (for RSA: the PKCS#1 RSAPublicKey).
+fn spki_key(pem: &str) -> Option<Vec<u8>> {
+    use spki::der::DecodePem;
+    let info = spki::SubjectPublicKeyInfoOwned::from_pem(pem).ok()?;
+    info.subject_public_key.as_bytes().map(<[u8]>::to_vec)
+}
+
+/// Verify one signature with a key: the key types of the TUF specification (§4.2): ed25519
+/// (the keys edgeimg makes), ecdsa-sha2-nistp256 and rsassa-pss-sha256.
 fn verify_one(key: &Key, msg: &[u8], sig_hex: &str) -> bool {
     let Ok(sig) = hex::decode(sig_hex) else { return false };
     let public = key.keyval.get("public").and_then(Value::as_str).unwrap_or("");
@@ -196,6 +208,12 @@ fn verify_one(key: &Key, msg: &[u8], sig_hex: &str) -> bool {
             let Some(vk) = vk else { return false };
             let Ok(sig) = p256::ecdsa::Signature::from_der(&sig) else { return false };
             vk.verify(msg, &sig).is_ok()
+        }
+        ("rsa", "rsassa-pss-sha256") => {
+            let Some(der) = spki_key(public) else { return false };
+            ring::signature::UnparsedPublicKey::new(&ring::signature::RSA_PSS_2048_8192_SHA256, der)
+                .verify(msg, &sig)
+                .is_ok()
         }
         _ => false,
     }

@@ -7,6 +7,7 @@
 //! step cites the section it implements.
 
 pub mod client;
+pub mod conformance;
 pub mod fetch;
 pub mod metadata;
 pub mod store;
