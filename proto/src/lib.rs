@@ -1,6 +1,7 @@
 //! Formats that the host tools and the device must agree on: slot and partition naming,
 //! the update payload manifest, release manifests, rollout channels, device reports.
 
+pub mod attest;
 pub mod channel;
 pub mod k3s;
 pub mod payload;

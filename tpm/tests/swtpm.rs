@@ -1,0 +1,205 @@
+//! The device's TPM use against a real software TPM (swtpm, socket mode, started here with
+//! its own state directory): measure → quote → the server's verification, every way a quote
+//! must fail, the attestation key and the security floor across a TPM restart, and a
+//! cross-check of the quote with tpm2-tools' `tpm2_checkquote`.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use edgeimg_proto::attest::{check_release, pcr_digest, verify_quote, QuoteError};
+use edgeimg_tpm::{expected_pcr, release_event, Tpm, TpmError, RELEASE_PCR};
+
+struct Swtpm {
+    child: Child,
+    port: u16,
+}
+
+fn free_port_pair() -> u16 {
+    // swtpm needs two consecutive ports (data, control).
+    for _ in 0..50 {
+        let a = TcpListener::bind("127.0.0.1:0").unwrap();
+        let p = a.local_addr().unwrap().port();
+        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+            return p;
+        }
+    }
+    panic!("no two free consecutive ports on 127.0.0.1");
+}
+
+impl Swtpm {
+    /// Start swtpm on `state` (kept across restarts: a TPM's NV and seeds).
+    fn start(state: &Path) -> Self {
+        std::fs::create_dir_all(state).unwrap();
+        let port = free_port_pair();
+        let child = Command::new("swtpm")
+            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
+            .arg("--tpmstate")
+            .arg(format!("dir={}", state.display()))
+            .args(["--server", &format!("type=tcp,port={port},bindaddr=127.0.0.1")])
+            .args(["--ctrl", &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1)])
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("swtpm is installed (apt-get install swtpm)");
+        let t = Instant::now();
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(t.elapsed() < Duration::from_secs(20), "swtpm did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Self { child, port }
+    }
+
+    fn tcti(&self) -> String {
+        format!("swtpm:host=127.0.0.1,port={}", self.port)
+    }
+
+    fn open(&self) -> Tpm {
+        Tpm::open(&self.tcti()).unwrap()
+    }
+}
+
+impl Drop for Swtpm {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+const HASH_V1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+const HASH_V2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
+
+fn known() -> Vec<(String, [u8; 32])> {
+    vec![
+        ("1.0.0".into(), expected_pcr(&[&release_event("edge", "1.0.0", HASH_V1)])),
+        ("2.0.0".into(), expected_pcr(&[&release_event("edge", "2.0.0", HASH_V2)])),
+    ]
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    state: PathBuf,
+    ak_dir: PathBuf,
+}
+
+fn setup() -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    Setup { state: dir.path().join("tpm-state"), ak_dir: dir.path().join("data/tpm"), _dir: dir }
+}
+
+#[test]
+fn measure_quote_and_the_server_verifies() {
+    let s = setup();
+    let sw = Swtpm::start(&s.state);
+    let mut tpm = sw.open();
+    let event = release_event("edge", "2.0.0", HASH_V2);
+    tpm.measure(&event).unwrap();
+    assert_eq!(tpm.pcr(RELEASE_PCR).unwrap(), expected_pcr(&[&event]), "PCR 15 = the value computed at publish time");
+
+    let ak = tpm.attestation_key(&s.ak_dir).unwrap();
+    let nonce = b"server nonce 0001".to_vec();
+    let q = tpm.quote(&s.ak_dir, &nonce, &[RELEASE_PCR]).unwrap();
+    let info = verify_quote(&ak.sec1, &nonce, &q.attest, &q.signature).unwrap();
+    assert_eq!(info.pcrs, vec![RELEASE_PCR]);
+    assert_eq!(info.pcr_digest, pcr_digest(&[expected_pcr(&[&event])]));
+    check_release(&info, RELEASE_PCR, "2.0.0", &known()).unwrap();
+}
+
+#[test]
+fn every_bad_quote_fails_with_its_own_reason() {
+    let s = setup();
+    let sw = Swtpm::start(&s.state);
+    let mut tpm = sw.open();
+    tpm.measure(&release_event("edge", "1.0.0", HASH_V1)).unwrap();
+    let ak = tpm.attestation_key(&s.ak_dir).unwrap();
+    let nonce = b"fresh nonce".to_vec();
+    let q = tpm.quote(&s.ak_dir, &nonce, &[RELEASE_PCR]).unwrap();
+
+    // A replayed quote: signed, but for an older nonce.
+    assert_eq!(verify_quote(&ak.sec1, b"the nonce asked now", &q.attest, &q.signature), Err(QuoteError::Nonce));
+    // A quote from another attestation key (another device, or a key the attacker holds).
+    let other_dir = s.ak_dir.with_file_name("other-ak");
+    let other = tpm.quote(&other_dir, &nonce, &[RELEASE_PCR]).unwrap();
+    assert_eq!(verify_quote(&ak.sec1, &nonce, &other.attest, &other.signature), Err(QuoteError::Signature));
+    // Bytes changed after signing.
+    let mut attest = q.attest.clone();
+    let last = attest.len() - 1;
+    attest[last] ^= 1;
+    assert_eq!(verify_quote(&ak.sec1, &nonce, &attest, &q.signature), Err(QuoteError::Signature));
+    // The device runs 1.0.0 but reports 2.0.0.
+    let info = verify_quote(&ak.sec1, &nonce, &q.attest, &q.signature).unwrap();
+    assert_eq!(check_release(&info, RELEASE_PCR, "2.0.0", &known()), Err(QuoteError::OtherRelease("1.0.0".into())));
+    // Something else was measured into the release PCR.
+    tpm.measure("edgeimg-release:v1:edge:9.9.9:forged").unwrap();
+    let q = tpm.quote(&s.ak_dir, &nonce, &[RELEASE_PCR]).unwrap();
+    let info = verify_quote(&ak.sec1, &nonce, &q.attest, &q.signature).unwrap();
+    assert_eq!(check_release(&info, RELEASE_PCR, "1.0.0", &known()), Err(QuoteError::Unknown));
+    // A quote of other PCRs proves nothing about the release.
+    let q = tpm.quote(&s.ak_dir, &nonce, &[RELEASE_PCR, 16]).unwrap();
+    let info = verify_quote(&ak.sec1, &nonce, &q.attest, &q.signature).unwrap();
+    assert!(matches!(check_release(&info, RELEASE_PCR, "1.0.0", &known()), Err(QuoteError::Selection { .. })));
+}
+
+#[test]
+fn attestation_key_and_floor_survive_a_tpm_restart() {
+    let s = setup();
+    let (ak1, ek1) = {
+        let sw = Swtpm::start(&s.state);
+        let mut tpm = sw.open();
+        assert_eq!(tpm.floor().unwrap(), 0, "a new TPM has no floor");
+        assert_eq!(tpm.raise_floor(3).unwrap(), 3);
+        assert_eq!(tpm.raise_floor(2).unwrap(), 3, "the floor never goes down");
+        let ak = tpm.attestation_key(&s.ak_dir).unwrap();
+        assert_eq!(tpm.attestation_key(&s.ak_dir).unwrap().sec1, ak.sec1, "the key is kept, not re-created");
+        (ak, tpm.endorsement_public().unwrap())
+    };
+    // Power cycle: a new swtpm process on the same state; PCRs are reset, NV is not.
+    let sw = Swtpm::start(&s.state);
+    let mut tpm = sw.open();
+    assert_eq!(tpm.floor().unwrap(), 3);
+    assert_eq!(tpm.pcr(RELEASE_PCR).unwrap(), [0; 32]);
+    assert_eq!(tpm.endorsement_public().unwrap(), ek1, "the EK is derived from the TPM's seed");
+    let ak2 = tpm.attestation_key(&s.ak_dir).unwrap();
+    assert_eq!(ak2.sec1, ak1.sec1);
+    let q = tpm.quote(&s.ak_dir, b"n", &[RELEASE_PCR]).unwrap();
+    verify_quote(&ak1.sec1, b"n", &q.attest, &q.signature).unwrap();
+    assert_eq!(tpm.raise_floor(5).unwrap(), 5);
+    assert_eq!(tpm.floor().unwrap(), 5);
+}
+
+#[test]
+fn tpm2_checkquote_accepts_the_quote() {
+    use p256::pkcs8::EncodePublicKey;
+    let s = setup();
+    let sw = Swtpm::start(&s.state);
+    let mut tpm = sw.open();
+    tpm.measure(&release_event("edge", "2.0.0", HASH_V2)).unwrap();
+    let ak = tpm.attestation_key(&s.ak_dir).unwrap();
+    let nonce = b"0123456789abcdef".to_vec();
+    let q = tpm.quote(&s.ak_dir, &nonce, &[RELEASE_PCR]).unwrap();
+    let d = s.ak_dir.parent().unwrap();
+    let pem = p256::PublicKey::from_sec1_bytes(&ak.sec1).unwrap().to_public_key_pem(Default::default()).unwrap();
+    std::fs::write(d.join("ak.pem"), pem).unwrap();
+    std::fs::write(d.join("quote.msg"), &q.attest).unwrap();
+    std::fs::write(d.join("quote.sig"), &q.signature_tpmt).unwrap();
+    let check = |nonce: &[u8]| {
+        Command::new("tpm2_checkquote")
+            .current_dir(d)
+            .args(["-u", "ak.pem", "-m", "quote.msg", "-s", "quote.sig", "-g", "sha256", "-q"])
+            .arg(hex::encode(nonce))
+            .output()
+            .expect("tpm2-tools is installed (apt-get install tpm2-tools)")
+    };
+    let ok = check(&nonce);
+    assert!(ok.status.success(), "tpm2_checkquote: {}", String::from_utf8_lossy(&ok.stderr));
+    assert!(!check(b"another nonce").status.success(), "tpm2_checkquote must refuse a wrong nonce");
+}
+
+#[test]
+fn no_tpm_is_a_clear_error() {
+    let e = Tpm::open("device:/nonexistent/tpmrm0").err().expect("no TPM there");
+    assert!(matches!(e, TpmError::Unavailable { .. }));
+    let m = e.to_string();
+    assert!(m.contains("/nonexistent/tpmrm0 does not exist") && m.contains("cannot attest"), "{m}");
+}
