@@ -59,6 +59,8 @@ fn tpm(what: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
     move |source| TpmError::Tpm { what, source }
 }
 
+pub mod swtpm;
+
 pub use edgeimg_proto::attest::{expected_pcr, release_event};
 
 /// A quote as it travels to the server: the TPM's TPMS_ATTEST bytes and the ECDSA

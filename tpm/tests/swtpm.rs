@@ -3,69 +3,12 @@
 //! must fail, the attestation key and the security floor across a TPM restart, and a
 //! cross-check of the quote with tpm2-tools' `tpm2_checkquote`.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::path::PathBuf;
+use std::process::Command;
 
 use edgeimg_proto::attest::{check_release, pcr_digest, verify_quote, QuoteError};
+use edgeimg_tpm::swtpm::Swtpm;
 use edgeimg_tpm::{expected_pcr, release_event, Tpm, TpmError, RELEASE_PCR};
-
-struct Swtpm {
-    child: Child,
-    port: u16,
-}
-
-fn free_port_pair() -> u16 {
-    // swtpm needs two consecutive ports (data, control).
-    for _ in 0..50 {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-            return p;
-        }
-    }
-    panic!("no two free consecutive ports on 127.0.0.1");
-}
-
-impl Swtpm {
-    /// Start swtpm on `state` (kept across restarts: a TPM's NV and seeds).
-    fn start(state: &Path) -> Self {
-        std::fs::create_dir_all(state).unwrap();
-        let port = free_port_pair();
-        let child = Command::new("swtpm")
-            .args(["socket", "--tpm2", "--flags", "not-need-init,startup-clear"])
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .args(["--server", &format!("type=tcp,port={port},bindaddr=127.0.0.1")])
-            .args(["--ctrl", &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1)])
-            .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("swtpm is installed (apt-get install swtpm)");
-        let t = Instant::now();
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(t.elapsed() < Duration::from_secs(20), "swtpm did not listen on {port}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        Self { child, port }
-    }
-
-    fn tcti(&self) -> String {
-        format!("swtpm:host=127.0.0.1,port={}", self.port)
-    }
-
-    fn open(&self) -> Tpm {
-        Tpm::open(&self.tcti()).unwrap()
-    }
-}
-
-impl Drop for Swtpm {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 const HASH_V1: &str = "1111111111111111111111111111111111111111111111111111111111111111";
 const HASH_V2: &str = "2222222222222222222222222222222222222222222222222222222222222222";
@@ -92,7 +35,7 @@ fn setup() -> Setup {
 fn measure_quote_and_the_server_verifies() {
     let s = setup();
     let sw = Swtpm::start(&s.state);
-    let mut tpm = sw.open();
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
     let event = release_event("edge", "2.0.0", HASH_V2);
     tpm.measure(&event).unwrap();
     assert_eq!(tpm.pcr(RELEASE_PCR).unwrap(), expected_pcr(&[&event]), "PCR 15 = the value computed at publish time");
@@ -110,7 +53,7 @@ fn measure_quote_and_the_server_verifies() {
 fn every_bad_quote_fails_with_its_own_reason() {
     let s = setup();
     let sw = Swtpm::start(&s.state);
-    let mut tpm = sw.open();
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
     tpm.measure(&release_event("edge", "1.0.0", HASH_V1)).unwrap();
     let ak = tpm.attestation_key(&s.ak_dir).unwrap();
     let nonce = b"fresh nonce".to_vec();
@@ -146,7 +89,7 @@ fn attestation_key_and_floor_survive_a_tpm_restart() {
     let s = setup();
     let (ak1, ek1) = {
         let sw = Swtpm::start(&s.state);
-        let mut tpm = sw.open();
+        let mut tpm = Tpm::open(&sw.tcti()).unwrap();
         assert_eq!(tpm.floor().unwrap(), 0, "a new TPM has no floor");
         assert_eq!(tpm.raise_floor(3).unwrap(), 3);
         assert_eq!(tpm.raise_floor(2).unwrap(), 3, "the floor never goes down");
@@ -156,7 +99,7 @@ fn attestation_key_and_floor_survive_a_tpm_restart() {
     };
     // Power cycle: a new swtpm process on the same state; PCRs are reset, NV is not.
     let sw = Swtpm::start(&s.state);
-    let mut tpm = sw.open();
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
     assert_eq!(tpm.floor().unwrap(), 3);
     assert_eq!(tpm.pcr(RELEASE_PCR).unwrap(), [0; 32]);
     assert_eq!(tpm.endorsement_public().unwrap(), ek1, "the EK is derived from the TPM's seed");
@@ -173,7 +116,7 @@ fn tpm2_checkquote_accepts_the_quote() {
     use p256::pkcs8::EncodePublicKey;
     let s = setup();
     let sw = Swtpm::start(&s.state);
-    let mut tpm = sw.open();
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
     tpm.measure(&release_event("edge", "2.0.0", HASH_V2)).unwrap();
     let ak = tpm.attestation_key(&s.ak_dir).unwrap();
     let nonce = b"0123456789abcdef".to_vec();

@@ -132,6 +132,29 @@ impl Agent {
         ReleaseRef { image, version, security_version: sv }
     }
 
+    /// The anti-rollback floor in force: the higher of the state file's and the TPM's (a
+    /// TPM keeps it when /data is wiped or an old state file is put back).
+    pub fn floor(&self, p: &Persistent) -> u64 {
+        match crate::tpm::open(&self.settings, &self.root).map(|t| t.floor()) {
+            Ok(Ok(f)) => f.max(p.security_floor),
+            Ok(Err(e)) => {
+                tracing::warn!("reading the TPM security floor: {e}; using the state file's");
+                p.security_floor
+            }
+            Err(_) => p.security_floor,
+        }
+    }
+
+    /// Raise the TPM floor to the state file's (after a commit, and at start: a power cut
+    /// between the two writes leaves the TPM behind, never ahead).
+    pub fn sync_tpm_floor(&self, p: &Persistent) {
+        if let Ok(t) = crate::tpm::open(&self.settings, &self.root) {
+            if let Err(e) = t.raise_floor(p.security_floor) {
+                tracing::warn!("raising the TPM security floor to {}: {e}", p.security_floor);
+            }
+        }
+    }
+
     /// Now, if the clock can be trusted under the configured time policy.
     pub fn trusted_now(&self) -> Option<i64> {
         match self.settings.time {
@@ -227,7 +250,8 @@ impl Agent {
                 }
             }
         };
-        let plan = self.plan(&mut tuf, &image, &version, p.security_floor).await?;
+        let floor = self.floor(&p);
+        let plan = self.plan(&mut tuf, &image, &version, floor).await?;
         self.dir.save(&p)?;
         Ok((CheckOutcome::Install(format!("{image} {version}")), Some(plan)))
     }
@@ -333,6 +357,7 @@ impl Agent {
     /// After a boot: commit bookkeeping, detect a fallback, clean up an interrupted install.
     pub fn reconcile(&mut self) -> Result<String, AgentError> {
         let mut p = self.dir.load()?;
+        self.sync_tpm_floor(&p);
         let booted = self.boot.booted_slot()?;
         let msg = match p.state.clone() {
             State::Staged { manifest, target, boot_id, .. } => {
@@ -378,6 +403,7 @@ impl Agent {
         p.last_error = None;
         event(p, EventKind::Committed, &rel, format!("slot {target}"));
         self.dir.save(p)?;
+        self.sync_tpm_floor(p);
         self.dir.log("committed", &format!("{rel} in slot {target}"));
         Ok(())
     }

@@ -78,6 +78,9 @@ pub enum Command {
     },
     /// Link this release's images and manifests into K3s's state (boot service).
     K3sPrepare,
+    /// Measure the booted release (image, version, verity root hash) into TPM PCR 15, once
+    /// per boot, before the network is up (boot service). Without a TPM: says so, exits 0.
+    Measure,
     /// The device's TUF client on its own, with the TUF conformance suite's client protocol
     /// (diagnostics: would this device accept that repository?). Keeps its own metadata
     /// directory; never touches the updater's state.
@@ -214,6 +217,7 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Health => health(&cli),
+        Command::Measure => measure(&cli),
         Command::TufClient { metadata_dir, metadata_url, target_names, target_base_url, target_dir, action } => {
             use crate::tuf::conformance::{Action, Args};
             let action = match action {
@@ -231,6 +235,37 @@ pub fn run(cli: Cli) -> Result<()> {
             }))
         }
     }
+}
+
+fn measure(cli: &Cli) -> Result<()> {
+    let a = agent(cli)?;
+    let tpm = match crate::tpm::open(&a.settings, &cli.root) {
+        Ok(t) => t,
+        Err(why) => {
+            tracing::info!("not measured: {why}");
+            return Ok(());
+        }
+    };
+    // Once per boot: a second extend would make PCR 15 match no release.
+    let marker = cli.root.join("run/edgeimg/measured");
+    let boot_id = crate::state::boot_id(&cli.root);
+    if std::fs::read_to_string(&marker).is_ok_and(|b| b == boot_id) {
+        tracing::info!("already measured in this boot");
+        return Ok(());
+    }
+    let cmdline = std::fs::read_to_string(cli.root.join("proc/cmdline")).context("reading /proc/cmdline")?;
+    let root_hash = cmdline
+        .split_whitespace()
+        .find_map(|a| a.strip_prefix("roothash="))
+        .context("the kernel command line has no roothash= (not a verity-protected edgeimg slot)")?;
+    let running = a.running(&a.dir.load()?);
+    // The marker first: a power cut after it and before the extend leaves PCR 15 at zero,
+    // which attests as "unknown" (safe); the other order could measure twice.
+    crate::fsutil::atomic_write(&marker, boot_id.as_bytes(), 0o644)
+        .with_context(|| format!("writing {}", marker.display()))?;
+    let pcr = tpm.measure(&running.image, &running.version, root_hash).map_err(anyhow::Error::msg)?;
+    tracing::info!("measured {} {} (root hash {root_hash}) into PCR 15: {pcr}", running.image, running.version);
+    Ok(())
 }
 
 /// Exit non-zero only for a trial boot whose checks failed: the unit's FailureAction then
@@ -283,7 +318,19 @@ fn status(cli: &Cli) -> Result<()> {
     let booted = a.boot.booted_slot()?;
     let slots = a.boot.status()?;
     let running = a.running(&p);
-    let floor_note = "kept in the state file on /data (a TPM NV counter is stronger)";
+    let tpm = crate::tpm::open(&a.settings, &cli.root);
+    let mut floor = p.security_floor;
+    let weaker = "kept only in the state file on /data: weaker, a wiped or restored /data resets it";
+    let (storage, floor_note) = match &tpm {
+        Ok(t) => match t.floor() {
+            Ok(f) => {
+                floor = floor.max(f);
+                ("tpm-nv", format!("kept in TPM NV storage ({}) and the state file", t.tcti))
+            }
+            Err(e) => ("state-file", format!("{weaker} (the TPM {} cannot be read: {e})", t.tcti)),
+        },
+        Err(why) => ("state-file", format!("{weaker} ({why})")),
+    };
     if cli.json {
         let v = serde_json::json!({
             "device_id": a.device_id(),
@@ -295,8 +342,8 @@ fn status(cli: &Cli) -> Result<()> {
             "state": p.state,
             "slots": slots,
             "installed": p.slots,
-            "security_floor": p.security_floor,
-            "security_floor_storage": "state-file",
+            "security_floor": floor,
+            "security_floor_storage": storage,
             "failed": p.failed,
             "last_check": p.last_check,
             "last_error": p.last_error,
@@ -331,7 +378,7 @@ fn status(cli: &Cli) -> Result<()> {
         s => s.name().to_string(),
     };
     println!("state         {state}");
-    println!("floor         security version {} ({floor_note})", p.security_floor);
+    println!("floor         security version {floor} ({floor_note})");
     if !p.failed.is_empty() {
         println!("never retried {}", p.failed.iter().map(|r| r.to_string()).collect::<Vec<_>>().join(", "));
     }

@@ -33,6 +33,11 @@ pub struct Fragment {
     pub enroll_token_file: Option<PathBuf>,
     /// "synchronized" (wait for NTP) or "system" (trust the clock as it is).
     pub time: Option<String>,
+    /// "auto" (use the TPM when there is one and edgeimg-tpm is installed), "off", or a
+    /// TCTI such as "device:/dev/tpmrm0" or "swtpm:host=127.0.0.1,port=2321".
+    pub tpm: Option<String>,
+    /// The edgeimg-tpm program.
+    pub tpm_tool: Option<PathBuf>,
     pub max_download: Option<u64>,
     pub rate_limit: Option<u64>,
     pub download_window: Option<String>,
@@ -107,6 +112,8 @@ impl Fragment {
             poll_interval,
             enroll_token_file,
             time,
+            tpm,
+            tpm_tool,
             max_download,
             rate_limit,
             download_window
@@ -160,6 +167,8 @@ pub struct Settings {
     pub poll_interval: Duration,
     pub enroll_token_file: Option<PathBuf>,
     pub time: TimePolicy,
+    pub tpm: crate::tpm::TpmSetting,
+    pub tpm_tool: PathBuf,
     pub max_download: u64,
     pub rate_limit: Option<u64>,
     pub download_window: Option<(u32, u32)>,
@@ -296,6 +305,8 @@ fn settings(f: Fragment, root: &Path) -> Result<Settings, ConfigError> {
                 return Err(ConfigError::Invalid(format!("time = \"{other}\": use \"synchronized\" or \"system\"")))
             }
         },
+        tpm: crate::tpm::TpmSetting::parse(f.tpm.as_deref().unwrap_or("auto")).map_err(ConfigError::Invalid)?,
+        tpm_tool: f.tpm_tool.clone().unwrap_or_else(|| at("/usr/lib/edgeimg/edgeimg-tpm")),
         max_download: f.max_download.unwrap_or(8 << 30),
         rate_limit: f.rate_limit,
         download_window: window("download_window", &f.download_window)?,

@@ -20,4 +20,5 @@ pub mod provision;
 pub mod report;
 pub mod sdnotify;
 pub mod state;
+pub mod tpm;
 pub mod tuf;
