@@ -1,6 +1,8 @@
 //! Health checks after a trial boot: K3s node Ready (with a heartbeat from this boot), listed
 //! units active, HTTP probes, commands. Each check is retried until it passes or the
-//! deadline ends; the result says which passed and why the others did not.
+//! deadline ends, except a command that exits with [`FINAL_EXIT`]: that fails the trial at
+//! once (a check that knows it will never pass should not hold a device on a bad release
+//! for the whole deadline). The result says which passed and why the others did not.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -62,17 +64,40 @@ pub fn checks(s: &Settings, root: &Path) -> Vec<Check> {
     v
 }
 
-fn run(cmd: &[String]) -> Result<String, String> {
-    let (prog, args) = cmd.split_first().ok_or("empty command")?;
-    let out = Command::new(prog).args(args).output().map_err(|e| format!("{prog}: {e}"))?;
+/// Exit status with which a health command says "this will not get better": the trial fails
+/// now instead of at the deadline.
+pub const FINAL_EXIT: i32 = 100;
+
+/// Why one attempt of a check did not pass.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failed {
+    pub detail: String,
+    /// No point retrying: the trial has failed.
+    pub is_final: bool,
+}
+
+impl From<String> for Failed {
+    fn from(detail: String) -> Self {
+        Failed { detail, is_final: false }
+    }
+}
+
+fn run(cmd: &[String]) -> Result<String, Failed> {
+    let (prog, args) = cmd.split_first().ok_or_else(|| Failed::from("empty command".to_string()))?;
+    let out = Command::new(prog).args(args).output().map_err(|e| Failed::from(format!("{prog}: {e}")))?;
     let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
     if out.status.success() {
         Ok(text)
     } else {
-        Err(format!("{} ({}) {}", out.status, text, String::from_utf8_lossy(&out.stderr).trim())
+        let is_final = out.status.code() == Some(FINAL_EXIT);
+        let mut detail: String = format!("{} ({}) {}", out.status, text, String::from_utf8_lossy(&out.stderr).trim())
             .chars()
             .take(300)
-            .collect())
+            .collect();
+        if is_final {
+            detail.push_str(" [final: not retried]");
+        }
+        Err(Failed { detail, is_final })
     }
 }
 
@@ -81,7 +106,7 @@ fn parse_rfc3339(s: &str) -> Option<i64> {
 }
 
 /// One attempt of a check.
-pub async fn attempt(c: &Check, http: &reqwest::Client) -> Result<String, String> {
+pub async fn attempt(c: &Check, http: &reqwest::Client) -> Result<String, Failed> {
     match c {
         Check::K3sReady { kubectl, node, since } => {
             let mut cmd = kubectl.clone();
@@ -96,18 +121,18 @@ pub async fn attempt(c: &Check, http: &reqwest::Client) -> Result<String, String
             let mut it = out.split_whitespace();
             let (status, beat) = (it.next().unwrap_or(""), it.next().unwrap_or(""));
             if status != "True" {
-                return Err(format!("node {node} Ready={status}"));
+                return Err(format!("node {node} Ready={status}").into());
             }
             // Right after a reboot the old Ready=True can still show: the heartbeat must be
             // from this boot.
             match parse_rfc3339(beat) {
                 Some(t) if t >= *since => Ok(format!("Ready, heartbeat {beat}")),
-                _ => Err(format!("Ready, but the heartbeat {beat} is from before this boot")),
+                _ => Err(format!("Ready, but the heartbeat {beat} is from before this boot").into()),
             }
         }
         Check::Unit(u) => match run(&["systemctl".into(), "is-active".into(), u.clone()]) {
             Ok(s) if s == "active" => Ok("active".into()),
-            Ok(s) => Err(s),
+            Ok(s) => Err(s.into()),
             Err(e) => Err(e),
         },
         Check::Http(url) => {
@@ -115,29 +140,76 @@ pub async fn attempt(c: &Check, http: &reqwest::Client) -> Result<String, String
             if r.status().is_success() {
                 Ok(format!("HTTP {}", r.status().as_u16()))
             } else {
-                Err(format!("HTTP {}", r.status().as_u16()))
+                Err(format!("HTTP {}", r.status().as_u16()).into())
             }
         }
         Check::Command(cmd) => run(cmd).map(|_| "exit 0".into()),
     }
 }
 
-/// Run all checks until each passes or `deadline` passes.
+/// Run all checks until each passes, one fails finally, or `deadline` passes.
 pub async fn run_all(checks: &[Check], deadline: Duration, http: &reqwest::Client) -> Vec<HealthResult> {
     let end = Instant::now() + deadline;
     let mut results: Vec<Option<HealthResult>> = vec![None; checks.len()];
     loop {
+        let mut final_failure = false;
         for (i, c) in checks.iter().enumerate() {
             if results[i].as_ref().is_some_and(|r| r.ok) {
                 continue;
             }
-            let r = attempt(c, http).await;
-            results[i] = Some(HealthResult { check: c.name(), ok: r.is_ok(), detail: r.unwrap_or_else(|e| e) });
+            let (ok, detail) = match attempt(c, http).await {
+                Ok(d) => (true, d),
+                Err(f) => {
+                    final_failure |= f.is_final;
+                    (false, f.detail)
+                }
+            };
+            results[i] = Some(HealthResult { check: c.name(), ok, detail });
+            if final_failure {
+                break;
+            }
         }
-        if results.iter().all(|r| r.as_ref().is_some_and(|r| r.ok)) || Instant::now() >= end {
+        if final_failure || results.iter().all(|r| r.as_ref().is_some_and(|r| r.ok)) || Instant::now() >= end {
             break;
         }
         tokio::time::sleep(Duration::from_secs(2).min(end.saturating_duration_since(Instant::now()))).await;
     }
     results.into_iter().flatten().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> Check {
+        Check::Command(vec!["/bin/sh".into(), "-c".into(), script.into()])
+    }
+
+    async fn timed(checks: &[Check], deadline: Duration) -> (Vec<HealthResult>, Duration) {
+        let t = Instant::now();
+        let r = run_all(checks, deadline, &crate::net::client()).await;
+        (r, t.elapsed())
+    }
+
+    #[tokio::test]
+    async fn a_final_exit_fails_at_once_and_skips_the_rest() {
+        let checks = [sh("exit 100"), sh("exit 0")];
+        let (r, took) = timed(&checks, Duration::from_secs(60)).await;
+        assert!(took < Duration::from_secs(30), "a final failure waited for the deadline: {took:?}");
+        assert_eq!(r.len(), 1, "checks after the final failure are not run: {r:?}");
+        assert!(!r[0].ok && r[0].detail.contains("final"), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn other_failures_are_retried_until_they_pass_or_the_deadline() {
+        let dir = tempfile::tempdir().unwrap();
+        let flag = dir.path().join("second-try");
+        // Fails with 1 the first time, passes the second time.
+        let flaky = sh(&format!("[ -e {0} ] || {{ touch {0}; exit 1; }}", flag.display()));
+        let (r, _) = timed(&[flaky], Duration::from_secs(60)).await;
+        assert!(r[0].ok, "{r:?}");
+        let (r, took) = timed(&[sh("exit 1")], Duration::from_secs(3)).await;
+        assert!(!r[0].ok && !r[0].detail.contains("final"), "{r:?}");
+        assert!(took >= Duration::from_secs(3), "gave up before the deadline: {took:?}");
+    }
 }
