@@ -282,7 +282,10 @@ impl Agent {
             State::Downloading { manifest, target: t, artifact, offset }
                 if **manifest == plan.manifest && *t == target =>
             {
-                tracing::info!("resuming {rel} into slot {target}: artifact {artifact} at byte {offset}");
+                match plan.manifest.artifacts.get(*artifact) {
+                    Some(a) => tracing::info!("resuming {rel} into slot {target}: {} at byte {offset}", a.name),
+                    None => tracing::info!("resuming {rel} into slot {target}: all written, verifying"),
+                }
                 (*artifact, *offset)
             }
             State::Verified { manifest, target: t } if **manifest == plan.manifest && *t == target => {

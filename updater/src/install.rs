@@ -119,6 +119,8 @@ pub async fn download(
     let mut stats = Stats::default();
     let mut buf: Vec<u8> = Vec::with_capacity(BUF);
     let mut last_progress = pos;
+    // Quarters of the artifact already logged (so the journal shows where a write stands).
+    let mut quarter = quarter_of(pos, job.size);
     let began = Instant::now();
     let net = |m: String| InstallError::Network { url: job.url.into(), message: m };
     // Consecutive failures without progress; a reconnect that moves on resets it, so a link
@@ -178,6 +180,16 @@ pub async fn download(
                     f.sync_data().map_err(io(job.dest))?;
                     progress(pos);
                     last_progress = pos;
+                    if quarter_of(pos, job.size) > quarter {
+                        quarter = quarter_of(pos, job.size);
+                        tracing::info!(
+                            "{}: {} of {} MiB written and synced ({}%)",
+                            job.what,
+                            pos >> 20,
+                            job.size >> 20,
+                            quarter * 25
+                        );
+                    }
                 }
                 if let Some(rate) = opts.rate_limit {
                     let should = Duration::from_secs_f64((pos - start) as f64 / rate as f64);
@@ -210,6 +222,11 @@ pub async fn download(
     }
     progress(pos);
     Ok(stats)
+}
+
+/// 0..=4: how many quarters of `size` lie below `pos`.
+fn quarter_of(pos: u64, size: u64) -> u64 {
+    (pos.saturating_mul(4)).checked_div(size).unwrap_or(4).min(4)
 }
 
 fn backoff(attempt: u32) -> Duration {
