@@ -7,7 +7,36 @@
 //! a device that runs something else.
 
 use p256::ecdsa::signature::Verifier;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+
+/// The PCR the booted release is measured into (see docs/security.md for why 15).
+pub const RELEASE_PCR: u8 = 15;
+
+/// A device's TPM identity, sent at enrollment (signed with the device key).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TpmIdentity {
+    /// Endorsement key, public part (hex of the marshalled TPMT_PUBLIC).
+    pub ek: String,
+    /// Attestation key: uncompressed P-256 point, hex.
+    pub ak: String,
+    /// EK certificate (hex DER) where the TPM has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ek_cert: Option<String>,
+}
+
+/// A quote answering the server's nonce, carried in a report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attestation {
+    /// The nonce (hex) the server handed out, as the device understood it.
+    pub nonce: String,
+    /// TPMS_ATTEST as the TPM signed it (hex).
+    pub attest: String,
+    /// ECDSA P-256 signature r||s (hex, 64 bytes).
+    pub signature: String,
+}
 
 /// TPM_GENERATED_VALUE: only the TPM puts this in front of what it signs.
 const TPM_GENERATED: u32 = 0xff54_4347;
@@ -147,6 +176,30 @@ pub fn verify_quote(ak_sec1: &[u8], nonce: &[u8], attest: &[u8], signature: &[u8
     }
     pcrs.sort_unstable();
     Ok(QuoteInfo { pcrs, pcr_digest: digest, reset_count, firmware_version })
+}
+
+/// The whole server-side check of a report's attestation: the attestation key enrolled for
+/// the device (`ak_hex`), the nonce the server issued (`nonce_hex`), and `known` as in
+/// [`check_release`]. Returns what the quote says when the device runs `claimed`.
+pub fn verify_attestation(
+    ak_hex: &str,
+    nonce_hex: &str,
+    a: &Attestation,
+    claimed: &str,
+    known: &[(String, [u8; 32])],
+) -> Result<QuoteInfo, QuoteError> {
+    let unhex = |what: &str, v: &str| hex::decode(v).map_err(|_| QuoteError::Malformed(format!("{what} is not hex")));
+    if !a.nonce.eq_ignore_ascii_case(nonce_hex) {
+        return Err(QuoteError::Nonce);
+    }
+    let info = verify_quote(
+        &unhex("the attestation key", ak_hex)?,
+        &unhex("the nonce", nonce_hex)?,
+        &unhex("attest", &a.attest)?,
+        &unhex("signature", &a.signature)?,
+    )?;
+    check_release(&info, RELEASE_PCR, claimed, known)?;
+    Ok(info)
 }
 
 /// Check that a verified quote of `pcr` says the device booted `claimed`: `known` lists

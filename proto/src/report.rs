@@ -29,7 +29,7 @@ pub struct Enrollment {
     pub token: Option<String>,
     /// TPM endorsement key (public part) and certificate, and the attestation key.
     #[serde(default)]
-    pub tpm: Option<serde_json::Value>,
+    pub tpm: Option<crate::attest::TpmIdentity>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -95,9 +95,9 @@ pub struct Report {
     pub health: Vec<HealthResult>,
     #[serde(default)]
     pub last_error: Option<String>,
-    /// TPM quote for the server's latest nonce (see the attestation code).
+    /// TPM quote for the server's latest nonce.
     #[serde(default)]
-    pub attestation: Option<serde_json::Value>,
+    pub attestation: Option<crate::attest::Attestation>,
 }
 
 /// What the server answers to a report.

@@ -34,8 +34,6 @@ use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
 use tss_esapi::Context;
 
-/// The PCR that carries the booted release (see the module documentation).
-pub const RELEASE_PCR: u8 = 15;
 /// The NV index of the security floor (owner range, "ED6" + 0x16).
 pub const FLOOR_NV_INDEX: u32 = 0x0145_4416;
 
@@ -61,6 +59,8 @@ fn tpm(what: &'static str) -> impl FnOnce(tss_esapi::Error) -> TpmError {
 
 pub mod swtpm;
 
+/// The PCR that carries the booted release (see the module documentation).
+pub use edgeimg_proto::attest::RELEASE_PCR;
 pub use edgeimg_proto::attest::{expected_pcr, release_event};
 
 /// A quote as it travels to the server: the TPM's TPMS_ATTEST bytes and the ECDSA
