@@ -282,7 +282,7 @@ fn devices(o: &mut String, d: &Data<'_>) {
         o.push_str(r#"<p class="muted">No device has enrolled yet.</p></section>"#);
         return;
     }
-    o.push_str(r#"<table><thead><tr><th>Device</th><th>Board</th><th>Channel</th><th>Version</th><th>Slot</th><th>State</th><th>Health</th><th>Last error</th><th>Last seen</th></tr></thead><tbody>"#);
+    o.push_str(r#"<table><thead><tr><th>Device</th><th>Board</th><th>Channel</th><th>Version</th><th>Slot</th><th>State</th><th>Health</th><th>TPM</th><th>Last error</th><th>Last seen</th></tr></thead><tbody>"#);
     for x in d.devices {
         let status = match x.status {
             DeviceStatus::Approved => String::new(),
@@ -314,10 +314,25 @@ fn devices(o: &mut String, d: &Data<'_>) {
             Some(s) if s.contains("rolled") => badge("warn", s),
             Some(s) => badge("busy", s),
         };
+        // The latest attestation: green only when it vouches for the version running now.
+        let tpm = match &x.attestation {
+            None if x.tpm => badge("busy", "not attested yet"),
+            None => r#"<span class="muted">no TPM</span>"#.to_string(),
+            Some(a) => {
+                let (class, text) = if a.passed_for(&x.version) {
+                    ("ok", "attested".to_string())
+                } else if a.result == "passed" {
+                    ("warn", format!("attested {}", a.version))
+                } else {
+                    ("bad", "attestation failed".to_string())
+                };
+                format!(r#"<span class="badge {class}" title="{}">{}</span>"#, esc(&a.detail), esc(&text))
+            }
+        };
         let stale = x.last_seen.is_none_or(|t| d.now - t > 86_400);
         let _ = write!(
             o,
-            r#"<tr><td><code>{}</code> {status}{key}</td><td class="nw">{}</td><td>{}</td><td><code>{} {}</code></td><td>{}</td><td>{}</td><td>{health}</td><td class="err">{}</td><td class="nw {}">{}</td></tr>"#,
+            r#"<tr><td><code>{}</code> {status}{key}</td><td class="nw">{}</td><td>{}</td><td><code>{} {}</code></td><td>{}</td><td>{}</td><td>{health}</td><td>{tpm}</td><td class="err">{}</td><td class="nw {}">{}</td></tr>"#,
             esc(&x.id),
             esc(&x.board),
             esc(x.channel.as_deref().unwrap_or("–")),
@@ -408,6 +423,13 @@ mod tests {
             }],
             enrolled_at: 0,
             approved_at: None,
+            tpm: true,
+            attestation: Some(crate::db::AttestationState {
+                result: "failed".into(),
+                detail: "<b>forged</b>".into(),
+                version: "1.0.0".into(),
+                at: 0,
+            }),
         };
         let view = RepoView::default();
         let html = render(&Data {
@@ -425,6 +447,7 @@ mod tests {
         assert!(!html.contains("<script>alert"), "{html}");
         assert!(!html.contains("<img src=x>"));
         assert!(!html.contains("\"><script>"));
+        assert!(!html.contains("<b>forged</b>") && html.contains("attestation failed"));
         assert!(html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"));
         assert!(html.contains("disk &quot;full&quot; &amp; &lt;gone&gt;"));
         assert!(html.contains("/srv/&lt;repo&gt;"));

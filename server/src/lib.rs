@@ -11,6 +11,7 @@
 
 pub mod api;
 pub mod app;
+pub mod attest;
 pub mod config;
 pub mod dashboard;
 pub mod db;

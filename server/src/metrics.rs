@@ -16,6 +16,7 @@ pub struct Metrics {
     reports_rejected: Mutex<BTreeMap<&'static str, u64>>,
     enrollments: Mutex<BTreeMap<&'static str, u64>>,
     tuf_requests: Mutex<BTreeMap<(&'static str, u16), u64>>,
+    attestations: Mutex<BTreeMap<&'static str, u64>>,
     auto_halts: AtomicU64,
     refresh_ok: AtomicU64,
     refresh_failed: AtomicU64,
@@ -37,6 +38,11 @@ impl Metrics {
 
     pub fn enrollment(&self, result: &'static str) {
         bump(&self.enrollments, result);
+    }
+
+    /// A quote was judged: `passed` or `failed`.
+    pub fn attestation(&self, result: &'static str) {
+        bump(&self.attestations, result);
     }
 
     pub fn tuf_request(&self, area: &'static str, status: u16) {
@@ -166,6 +172,11 @@ pub fn render(s: &Snapshot<'_>) -> String {
         }
     }
 
+    o.family("edgeimg_attestations_total", "counter", "TPM quotes judged since the server started, by result.");
+    for (result, n) in m.attestations.lock().unwrap_or_else(|p| p.into_inner()).iter() {
+        o.sample("edgeimg_attestations_total", &[("result", result)], n);
+    }
+
     o.family("edgeimg_channel_paused", "gauge", "1 if the channel is paused for the board.");
     for b in s.boards {
         o.sample("edgeimg_channel_paused", &board_labels(b), u8::from(b.rollout.paused));
@@ -185,6 +196,22 @@ pub fn render(s: &Snapshot<'_>) -> String {
     o.family("edgeimg_channel_eligible_devices", "gauge", "Of those, devices the rollout allows now.");
     for b in s.boards {
         o.sample("edgeimg_channel_eligible_devices", &board_labels(b), b.eligible);
+    }
+    o.family(
+        "edgeimg_channel_attested_devices",
+        "gauge",
+        "Devices running the channel's release with a passing TPM attestation of it.",
+    );
+    for b in s.boards {
+        o.sample("edgeimg_channel_attested_devices", &board_labels(b), b.attested);
+    }
+    o.family(
+        "edgeimg_channel_healthy_devices",
+        "gauge",
+        "Devices running the channel's release, idle, with passing health checks (and a passing attestation where the channel requires one).",
+    );
+    for b in s.boards {
+        o.sample("edgeimg_channel_healthy_devices", &board_labels(b), b.healthy);
     }
 
     o.family("edgeimg_metadata_expires_in_seconds", "gauge", "Seconds until each TUF metadata role expires.");

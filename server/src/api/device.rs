@@ -116,7 +116,7 @@ async fn enroll_inner(
         board: e.board,
         image: e.image,
         version: e.version,
-        tpm: e.tpm.map(|v| v.to_string()),
+        tpm: e.tpm.map(|t| serde_json::to_string(&t).unwrap_or_default()),
         approve,
         now: app.now(),
     };
@@ -224,8 +224,28 @@ async fn report_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Repo
             }
         });
     let seq = report.seq;
-    match app.db.report(report, auth.public_key, app.now()).await? {
-        ReportOutcome::Accepted => {}
+    let known = if report.attestation.is_some() {
+        crate::attest::known_releases(&app.view.get(), &report.board, &report.image)
+    } else {
+        Vec::new()
+    };
+    let mut nonce = [0u8; 32];
+    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
+    let attest_nonce = match app.db.report(report, auth.public_key, app.now(), known, hex::encode(nonce)).await? {
+        ReportOutcome::Accepted { attest_nonce, attestation } => {
+            match attestation {
+                Some(Ok(what)) => {
+                    app.metrics.attestation("passed");
+                    tracing::info!("device {device} attested: {what}");
+                }
+                Some(Err(why)) => {
+                    app.metrics.attestation("failed");
+                    tracing::warn!("device {device} failed attestation: {why}");
+                }
+                None => {}
+            }
+            attest_nonce
+        }
         ReportOutcome::Replayed { last } => {
             return Err(ApiError::new(
                 StatusCode::CONFLICT,
@@ -240,9 +260,9 @@ async fn report_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Repo
         ReportOutcome::Unknown => {
             return Err(ApiError::unauthorized("unknown-device", format!("device {device} is not enrolled")))
         }
-    }
+    };
     if let Some(k) = failure {
         app.halt.check(k);
     }
-    Ok(ReportReply::default())
+    Ok(ReportReply { attest_nonce })
 }

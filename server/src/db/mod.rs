@@ -129,13 +129,17 @@ impl Db {
 
     /// Store a verified report (state and event) if its sequence number is new and the
     /// device still has the key it was verified with.
+    /// `known`: expected PCR values of the board's releases (needed when the report carries
+    /// an attestation); `fresh_nonce`: handed out if the device should attest next.
     pub async fn report(
         &self,
         report: edgeimg_proto::report::Report,
         key: Arc<str>,
         now: i64,
+        known: Vec<(String, [u8; 32])>,
+        fresh_nonce: String,
     ) -> Result<ReportOutcome, DbError> {
-        let req = Box::new(write::ReportRequest { report, key, now });
+        let req = Box::new(write::ReportRequest { report, key, now, known, fresh_nonce });
         self.submit(|tx| Job::Report(req, tx)).await
     }
 

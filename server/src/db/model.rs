@@ -51,6 +51,30 @@ pub struct Device {
     pub health: Vec<HealthResult>,
     pub enrolled_at: i64,
     pub approved_at: Option<i64>,
+    /// The device enrolled a TPM attestation key.
+    pub tpm: bool,
+    /// The latest attestation (None: never attested).
+    pub attestation: Option<AttestationState>,
+}
+
+/// The server's verdict on a device's latest TPM quote.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct AttestationState {
+    /// `passed` or `failed`.
+    pub result: String,
+    /// Why it failed, or what passed (release and TPM reset count).
+    pub detail: String,
+    /// The version the device claimed when it attested.
+    pub version: String,
+    /// Unix seconds.
+    pub at: i64,
+}
+
+impl AttestationState {
+    /// A passing attestation of `version`.
+    pub fn passed_for(&self, version: &str) -> bool {
+        self.result == "passed" && self.version == version
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]

@@ -9,7 +9,8 @@ use super::model::*;
 use super::DeviceAuth;
 
 const DEVICE_COLUMNS: &str = "id, status, public_key, pending_key, board, image, version, channel, slot, state, \
-     security_floor, last_seq, last_seen, last_error, health, enrolled_at, approved_at";
+     security_floor, last_seq, last_seen, last_error, health, enrolled_at, approved_at, tpm, attest_result, \
+     attest_detail, attest_version, attest_at";
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
     let health: Option<String> = r.get(14)?;
@@ -31,6 +32,16 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
         health: health.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
         enrolled_at: r.get(15)?,
         approved_at: r.get(16)?,
+        tpm: r.get::<_, Option<String>>(17)?.is_some(),
+        attestation: match r.get::<_, Option<String>>(18)? {
+            Some(result) => Some(AttestationState {
+                result,
+                detail: r.get::<_, Option<String>>(19)?.unwrap_or_default(),
+                version: r.get::<_, Option<String>>(20)?.unwrap_or_default(),
+                at: r.get::<_, Option<i64>>(21)?.unwrap_or(0),
+            }),
+            None => None,
+        },
     })
 }
 

@@ -11,10 +11,11 @@ use rusqlite::{Connection, OptionalExtension};
 use super::DbError;
 
 /// (version, name, statements). Append only: never edit a migration that has shipped.
-pub const MIGRATIONS: &[(i64, &str, &str)] = &[(
-    1,
-    "fleet",
-    r#"
+pub const MIGRATIONS: &[(i64, &str, &str)] = &[
+    (
+        1,
+        "fleet",
+        r#"
 CREATE TABLE devices (
     id TEXT PRIMARY KEY,
     public_key TEXT NOT NULL,
@@ -77,7 +78,20 @@ CREATE TABLE halts (
     PRIMARY KEY (channel, board, image, version, at)
 );
 "#,
-)];
+    ),
+    (
+        2,
+        "attestation",
+        r#"
+ALTER TABLE devices ADD COLUMN attest_nonce TEXT;
+ALTER TABLE devices ADD COLUMN attest_nonce_at BIGINT;
+ALTER TABLE devices ADD COLUMN attest_result TEXT;
+ALTER TABLE devices ADD COLUMN attest_detail TEXT;
+ALTER TABLE devices ADD COLUMN attest_version TEXT;
+ALTER TABLE devices ADD COLUMN attest_at BIGINT;
+"#,
+    ),
+];
 
 /// Bring the database up to the newest schema. Returns the schema version.
 pub fn migrate(conn: &mut Connection, now: i64) -> Result<i64, DbError> {
@@ -117,12 +131,33 @@ mod tests {
     #[test]
     fn migrations_apply_once_and_refuse_newer() {
         let mut c = Connection::open_in_memory().unwrap();
-        assert_eq!(migrate(&mut c, 1).unwrap(), 1);
-        assert_eq!(migrate(&mut c, 2).unwrap(), 1, "idempotent");
+        let newest = MIGRATIONS.len() as i64;
+        assert_eq!(migrate(&mut c, 1).unwrap(), newest);
+        assert_eq!(migrate(&mut c, 2).unwrap(), newest, "idempotent");
         let n: i64 = c.query_row("SELECT COUNT(*) FROM schema_migrations", [], |r| r.get(0)).unwrap();
-        assert_eq!(n, 1);
+        assert_eq!(n, newest);
         c.execute("INSERT INTO schema_migrations (version, name, applied_at) VALUES (99, 'future', 0)", []).unwrap();
-        assert!(matches!(migrate(&mut c, 3), Err(DbError::NewerSchema { found: 99, known: 1 })));
+        assert!(matches!(migrate(&mut c, 3), Err(DbError::NewerSchema { found: 99, .. })));
+    }
+
+    #[test]
+    fn a_version_1_database_gains_the_attestation_columns() {
+        let mut c = Connection::open_in_memory().unwrap();
+        c.execute_batch(
+            "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
+        )
+        .unwrap();
+        c.execute_batch(MIGRATIONS[0].2).unwrap();
+        c.execute("INSERT INTO schema_migrations VALUES (1, 'fleet', 0)", []).unwrap();
+        c.execute(
+            "INSERT INTO devices (id, public_key, status, board, image, version, enrolled_at) VALUES ('d', 'k', 'approved', 'b', 'i', '1.0.0', 0)",
+            [],
+        )
+        .unwrap();
+        assert_eq!(migrate(&mut c, 5).unwrap(), 2);
+        let r: Option<String> =
+            c.query_row("SELECT attest_result FROM devices WHERE id = 'd'", [], |r| r.get(0)).unwrap();
+        assert_eq!(r, None, "existing devices keep their rows, not yet attested");
     }
 
     #[test]

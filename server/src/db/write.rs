@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 
+use edgeimg_proto::attest::{verify_attestation, TpmIdentity};
 use edgeimg_proto::report::Report;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
@@ -68,11 +69,27 @@ pub(crate) struct ReportRequest {
     /// The key the signature was verified with.
     pub key: Arc<str>,
     pub now: i64,
+    /// Releases of the report's board and image with their expected PCR value, when the
+    /// report carries an attestation.
+    pub known: Vec<(String, [u8; 32])>,
+    /// A nonce to hand out if the device should attest next (random, hex).
+    pub fresh_nonce: String,
 }
+
+/// A nonce is good for this long after it was handed out (the device quotes at once).
+pub const NONCE_TTL: i64 = 600;
+/// A passing attestation of the running release is renewed after this long; a failing one
+/// at the next report (reports are signed and paced by the device's poll interval).
+pub const REATTEST_PASSED: i64 = 3600;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ReportOutcome {
-    Accepted,
+    Accepted {
+        /// Quote this nonce with the TPM in the next report.
+        attest_nonce: Option<String>,
+        /// The verdict on the attestation this report carried: Ok(detail) or Err(reason).
+        attestation: Option<Result<String, String>>,
+    },
     /// `seq` is not above the last accepted one.
     Replayed {
         last: u64,
@@ -225,6 +242,12 @@ fn enroll(c: &Connection, r: &EnrollRequest) -> rusqlite::Result<EnrollOutcome> 
         }
         Some((key, status)) if key == r.public_key => {
             let status = DeviceStatus::parse(&status);
+            if r.tpm.is_some() {
+                // First TPM identity of a device that enrolled without one; an existing
+                // attestation key is never replaced by enrolling again.
+                c.prepare_cached("UPDATE devices SET tpm = ?2 WHERE id = ?1 AND tpm IS NULL")?
+                    .execute(params![r.device_id, r.tpm])?;
+            }
             if status == DeviceStatus::Pending && r.approve {
                 c.prepare_cached("UPDATE devices SET status = 'approved', approved_at = ?2 WHERE id = ?1")?
                     .execute(params![r.device_id, r.now])?;
@@ -329,7 +352,61 @@ fn report(c: &Connection, r: &ReportRequest) -> rusqlite::Result<ReportOutcome> 
         )?
         .execute(params![rep.channel, rep.board, ev.image, ev.version, rep.device_id, kind, r.now])?;
     }
-    Ok(ReportOutcome::Accepted)
+    attest(c, r)
+}
+
+/// Judge the report's attestation (if any) against the nonce on record, and decide whether
+/// the device should attest again. In the report's transaction: a nonce is used once.
+fn attest(c: &Connection, r: &ReportRequest) -> rusqlite::Result<ReportOutcome> {
+    let rep = &r.report;
+    type Row = (Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>, Option<i64>);
+    let (tpm, nonce, nonce_at, result, version, at): Row = c
+        .prepare_cached(
+            "SELECT tpm, attest_nonce, attest_nonce_at, attest_result, attest_version, attest_at
+             FROM devices WHERE id = ?1",
+        )?
+        .query_row(params![rep.device_id], |row| {
+            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
+        })?;
+    let ak = tpm.and_then(|t| serde_json::from_str::<TpmIdentity>(&t).ok()).map(|t| t.ak);
+    let mut verdict = None;
+    if let Some(a) = &rep.attestation {
+        let v = match (&ak, &nonce) {
+            (None, _) => Err("the device enrolled no TPM attestation key".to_string()),
+            (Some(_), None) => Err("no nonce is outstanding for this device (used or never issued)".to_string()),
+            (Some(_), Some(_)) if nonce_at.unwrap_or(0) + NONCE_TTL < r.now => {
+                Err(format!("the nonce expired (nonces are good for {NONCE_TTL} s)"))
+            }
+            (Some(ak), Some(n)) => verify_attestation(ak, n, a, &rep.version, &r.known)
+                .map(|q| format!("{} {} (TPM reset count {})", rep.image, rep.version, q.reset_count))
+                .map_err(|e| e.to_string()),
+        };
+        let (res, detail) = match &v {
+            Ok(d) => ("passed", d.as_str()),
+            Err(e) => ("failed", e.as_str()),
+        };
+        c.prepare_cached(
+            "UPDATE devices SET attest_result = ?2, attest_detail = ?3, attest_version = ?4, attest_at = ?5,
+                attest_nonce = NULL, attest_nonce_at = NULL
+             WHERE id = ?1",
+        )?
+        .execute(params![rep.device_id, res, detail, rep.version, r.now])?;
+        verdict = Some(v);
+    }
+    // Ask for a quote when the device has an attestation key, this report carried none, and
+    // the running release has no recent verdict.
+    let fresh = match (&result, &version, at) {
+        (Some(res), Some(v), Some(at)) => res == "passed" && *v == rep.version && at + REATTEST_PASSED > r.now,
+        _ => false,
+    };
+    let attest_nonce = if ak.is_some() && rep.attestation.is_none() && !fresh {
+        c.prepare_cached("UPDATE devices SET attest_nonce = ?2, attest_nonce_at = ?3 WHERE id = ?1")?
+            .execute(params![rep.device_id, r.fresh_nonce, r.now])?;
+        Some(r.fresh_nonce.clone())
+    } else {
+        None
+    };
+    Ok(ReportOutcome::Accepted { attest_nonce, attestation: verdict })
 }
 
 fn halt(c: &Connection, h: &Halt) -> rusqlite::Result<()> {
