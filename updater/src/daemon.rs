@@ -18,7 +18,14 @@ pub async fn report(agent: &Agent) -> Result<(), AgentError> {
     let marker = agent.settings.state_dir.join("enrolled");
     let mut p = agent.dir.load()?;
     let running = agent.running(&p);
-    if std::fs::read_to_string(&marker).ok().as_deref() != Some(server.as_str()) {
+    // The TPM, when the image has edgeimg-tpm and the device a TPM: its attestation key is
+    // enrolled, and the server's nonces are answered with quotes of PCR 15.
+    let tpm = crate::tpm::open(&agent.settings, &agent.root).ok();
+    let tpm_dir = agent.settings.state_dir.join("tpm");
+    // The marker names the server and whether the TPM identity went with the enrollment, so
+    // a device whose TPM shows up later (or failed before) enrolls it.
+    let enrolled_as = |with_tpm: bool| if with_tpm { format!("{server}\ntpm") } else { server.clone() };
+    if std::fs::read_to_string(&marker).ok() != Some(enrolled_as(tpm.is_some())) {
         // The configured token file, else the one the provisioning file left, else the
         // state directory's (put there by hand).
         let token = [
@@ -38,11 +45,17 @@ pub async fn report(agent: &Agent) -> Result<(), AgentError> {
             image: running.image.clone(),
             version: running.version.clone(),
             token,
-            tpm: None,
+            tpm: tpm.as_ref().and_then(|t| match t.identity(&tpm_dir) {
+                Ok(id) => Some(id),
+                Err(e) => {
+                    tracing::warn!("enrolling without TPM attestation: {e}");
+                    None
+                }
+            }),
         };
         match client.enroll(&e).await {
             Ok(()) => {
-                crate::fsutil::atomic_write(&marker, server.as_bytes(), 0o644)
+                crate::fsutil::atomic_write(&marker, enrolled_as(e.tpm.is_some()).as_bytes(), 0o644)
                     .map_err(|e| AgentError::Other(e.to_string()))?;
                 tracing::info!("enrolled as {} with {server}", device.id);
             }
@@ -58,7 +71,34 @@ pub async fn report(agent: &Agent) -> Result<(), AgentError> {
     if events.is_empty() {
         events.push(None);
     }
-    for ev in events {
+    let mut nonce: Option<String> = None;
+    let mut attested = false;
+    let mut events = events.into_iter();
+    loop {
+        // Pending events first (one report each), then a quote if the server asked for one.
+        let (ev, attestation) = match events.next() {
+            Some(ev) => (ev, None),
+            None => match (nonce.take(), &tpm) {
+                (Some(n), Some(t)) if !attested => {
+                    attested = true;
+                    match t.quote(&tpm_dir, &n) {
+                        Ok(a) => {
+                            tracing::info!(
+                                "attesting {} {} with a TPM quote of PCR 15",
+                                running.image,
+                                running.version
+                            );
+                            (None, Some(a))
+                        }
+                        Err(e) => {
+                            tracing::warn!("the server asked for a TPM quote: {e}");
+                            break;
+                        }
+                    }
+                }
+                _ => break,
+            },
+        };
         // The sequence number is persisted before sending: a crash never reuses one.
         p.report_seq += 1;
         agent.dir.save(&p)?;
@@ -76,9 +116,10 @@ pub async fn report(agent: &Agent) -> Result<(), AgentError> {
             event: ev.clone(),
             health: Vec::new(),
             last_error: p.last_error.clone(),
-            attestation: None,
+            attestation,
         };
-        client.report(&r).await.map_err(|e| AgentError::Other(e.to_string()))?;
+        let reply = client.report(&r).await.map_err(|e| AgentError::Other(e.to_string()))?;
+        nonce = reply.attest_nonce;
         if ev.is_some() {
             p.pending_events.remove(0);
             agent.dir.save(&p)?;

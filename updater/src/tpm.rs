@@ -6,6 +6,8 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use edgeimg_proto::attest::{Attestation, TpmIdentity};
+
 use crate::config::Settings;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -76,6 +78,21 @@ impl TpmTool {
         self.call(&["raise-floor", &version.to_string()])?["floor"]
             .as_u64()
             .ok_or_else(|| "edgeimg-tpm raise-floor: no number".into())
+    }
+
+    /// The TPM's identity for enrollment: EK public part and the attestation key (made on
+    /// first use; its TPM-wrapped blobs are kept in `dir`).
+    pub fn identity(&self, dir: &Path) -> Result<TpmIdentity, String> {
+        let v = self.call(&["keys", "--dir", &dir.display().to_string()])?;
+        let field = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| format!("edgeimg-tpm keys: no {k}"));
+        Ok(TpmIdentity { ek: field("ek")?, ak: field("ak")?, ek_cert: None })
+    }
+
+    /// Quote PCR 15 with the server's nonce (hex).
+    pub fn quote(&self, dir: &Path, nonce: &str) -> Result<Attestation, String> {
+        let v = self.call(&["quote", "--dir", &dir.display().to_string(), "--nonce", nonce])?;
+        let field = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| format!("edgeimg-tpm quote: no {k}"));
+        Ok(Attestation { nonce: nonce.to_string(), attest: field("attest")?, signature: field("signature")? })
     }
 
     /// Extend PCR 15 with the booted release; returns the PCR value (hex).
