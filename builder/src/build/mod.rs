@@ -70,6 +70,8 @@ pub enum BuildError {
     K3s(#[from] k3s::K3sError),
     #[error("the device updater for {arch} was not found ({looked}); build it with `{build}`, or pass --updater PATH")]
     NoUpdater { arch: String, looked: String, build: String },
+    #[error("the recipe has [updater] tpm = true but edgeimg-tpm for {arch} was not found ({looked}); build it with `{build}`")]
+    NoTpmTool { arch: String, looked: String, build: String },
 }
 
 /// The `edgeimg-updater` binary to bake into images for `arch`: the explicit path, else
@@ -112,6 +114,29 @@ pub fn find_updater(explicit: Option<&Path>, arch: config::Arch) -> Result<PathB
     }
 }
 
+/// The `edgeimg-tpm` binary for images with `[updater] tpm = true`:
+/// `$EDGEIMG_TPM_TOOL_<ARCH>`, else the one beside the device updater.
+pub fn find_tpm_tool(updater: &Path, arch: config::Arch) -> Result<PathBuf, BuildError> {
+    let var = format!("EDGEIMG_TPM_TOOL_{}", arch.debian().to_uppercase());
+    if let Some(p) = std::env::var_os(&var) {
+        return Ok(PathBuf::from(p));
+    }
+    let candidate = updater.with_file_name("edgeimg-tpm");
+    if candidate.is_file() {
+        return Ok(candidate);
+    }
+    let target = match (arch, std::env::consts::ARCH) {
+        (config::Arch::Amd64, "x86_64") | (config::Arch::Arm64, "aarch64") => String::new(),
+        (config::Arch::Amd64, _) => " --target x86_64-unknown-linux-gnu".into(),
+        (config::Arch::Arm64, _) => " --target aarch64-unknown-linux-gnu".into(),
+    };
+    Err(BuildError::NoTpmTool {
+        arch: arch.debian().into(),
+        looked: format!("{var} unset, no {}", candidate.display()),
+        build: format!("cargo build --profile device -p edgeimg-tpm{target}"),
+    })
+}
+
 pub(crate) fn io_ctx(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> BuildError {
     let what = what.into();
     move |source| BuildError::Io { what, source }
@@ -150,6 +175,7 @@ pub fn build(opts: &BuildOptions, rep: &dyn Reporter) -> Result<Built, BuildErro
         return Err(BuildError::NotRoot);
     }
     let updater = find_updater(opts.updater.as_deref(), board.arch)?;
+    let tpm_tool = if recipe.recipe.updater.tpm { Some(find_tpm_tool(&updater, board.arch)?) } else { None };
     // Unpinned images are a recipe problem: say so before any slow work.
     if let Some(k) = &recipe.recipe.k3s {
         let refs: Vec<crate::oci::ImageRef> =
@@ -179,6 +205,7 @@ pub fn build(opts: &BuildOptions, rep: &dyn Reporter) -> Result<Built, BuildErro
         version: &version,
         staging: &staging,
         updater: &updater,
+        tpm_tool: tpm_tool.as_deref(),
         rep,
     };
     match ctx.run() {
@@ -208,6 +235,7 @@ struct Ctx<'a> {
     version: &'a str,
     staging: &'a Path,
     updater: &'a Path,
+    tpm_tool: Option<&'a Path>,
     rep: &'a dyn Reporter,
 }
 
@@ -273,6 +301,7 @@ impl Ctx<'_> {
                 build_id: &build_id,
                 epoch,
                 updater: self.updater,
+                tpm_tool: self.tpm_tool,
                 k3s: k3s_fetched.as_ref(),
             },
         )?;

@@ -140,6 +140,16 @@ fn parse_release_date(d: &str) -> Option<time::OffsetDateTime> {
     time::OffsetDateTime::parse(&d, &time::format_description::well_known::Rfc2822).ok()
 }
 
+/// The TCG software stack edgeimg-tpm links (ESAPI and the TCTI loader; the device TCTI
+/// comes with them). Debian renamed the libraries for 64-bit time after bookworm.
+pub fn tpm_packages(suite: &str) -> [&'static str; 2] {
+    if suite == "bookworm" {
+        ["libtss2-esys-3.0.2-0", "libtss2-tctildr0"]
+    } else {
+        ["libtss2-esys-3.0.2-0t64", "libtss2-tctildr0t64"]
+    }
+}
+
 pub fn spec(board: &Board, recipe: &LoadedRecipe, release_sha256: String, epoch: u64) -> RootfsSpec {
     let d = &recipe.recipe.debian;
     let mut packages: BTreeSet<String> = base_packages(board).into_iter().map(String::from).collect();
@@ -148,6 +158,9 @@ pub fn spec(board: &Board, recipe: &LoadedRecipe, release_sha256: String, epoch:
     packages.extend(d.packages.iter().cloned());
     if recipe.recipe.image.timezone != "Etc/UTC" {
         packages.insert("tzdata".into());
+    }
+    if recipe.recipe.updater.tpm {
+        packages.extend(tpm_packages(&d.suite).iter().map(|p| p.to_string()));
     }
     let mut components: Vec<String> = d.components.clone();
     for c in &board.firmware.components {

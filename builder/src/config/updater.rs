@@ -49,6 +49,11 @@ pub struct Updater {
     pub health_http: Vec<String>,
     #[serde(default)]
     pub health_commands: Vec<Vec<String>>,
+    /// Use the device's TPM: bake in edgeimg-tpm and the TCG software stack, measure the
+    /// booted release into PCR 15 early in boot, attest to the server, keep the security
+    /// floor in TPM NV storage. Devices without a TPM work as before.
+    #[serde(default)]
+    pub tpm: bool,
 }
 
 impl Default for Updater {
@@ -167,6 +172,7 @@ impl Updater {
         if let Some(r) = &self.repository {
             t.push_str(&format!("repository = {}\n", q(r)));
         }
+        t.push_str(&format!("tpm = {}\n", q(if self.tpm { "auto" } else { "off" })));
         t.push_str(&format!(
             "board = {}\nchannel = {}\npoll_interval = {}\ntime = {}\n",
             q(board),

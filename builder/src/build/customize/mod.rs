@@ -47,6 +47,8 @@ pub struct Input<'a> {
     pub epoch: u64,
     /// The device updater binary to install as /usr/bin/edgeimg-updater.
     pub updater: &'a Path,
+    /// edgeimg-tpm, installed as /usr/lib/edgeimg/edgeimg-tpm with the measuring unit.
+    pub tpm_tool: Option<&'a Path>,
     /// K3s artifacts, when the recipe has a [k3s] section.
     pub k3s: Option<&'a super::k3s::Fetched>,
 }
@@ -106,6 +108,9 @@ pub fn customize(root: &Path, input: &Input<'_>) -> Result<Summary, CustomizeErr
         trusted_root.as_deref(),
         deadline + 120,
     )?;
+    if let Some(t) = input.tpm_tool {
+        system::tpm(root, t)?;
+    }
     if let (Some(k), Some(f)) = (&r.k3s, input.k3s) {
         summary.k3s = Some(super::k3s::install(root, k, input.recipe, f)?);
     }

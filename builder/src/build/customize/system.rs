@@ -335,6 +335,36 @@ pub fn device_agent(
     Ok(crate::fsutil::sha256_bytes(&bin))
 }
 
+/// The TPM side of the device agent: edgeimg-tpm (which links the TCG software stack, so
+/// that the updater itself does not) and the unit that measures the booted release into
+/// PCR 15 once per boot, after the TPM is up and before the network is.
+pub fn tpm(root: &Path, tool: &Path) -> io::Result<()> {
+    let bin =
+        fs::read(tool).map_err(|e| io::Error::new(e.kind(), format!("reading edgeimg-tpm {}: {e}", tool.display())))?;
+    write_file(root, "/usr/lib/edgeimg/edgeimg-tpm", &bin, 0o755)?;
+    write_file(
+        root,
+        "/usr/lib/systemd/system/edgeimg-measure.service",
+        "# Written by edgeimg.\n\
+         [Unit]\n\
+         Description=edgeimg: measure the booted release into TPM PCR 15\n\
+         # tpm2.target is reached once the firmware's TPM is usable (at once without one).\n\
+         DefaultDependencies=no\n\
+         Wants=tpm2.target network-pre.target\n\
+         After=tpm2.target local-fs.target\n\
+         Before=network-pre.target sysinit.target shutdown.target\n\
+         Conflicts=shutdown.target\n\
+         RequiresMountsFor=/data\n\n\
+         [Service]\n\
+         Type=oneshot\n\
+         RemainAfterExit=yes\n\
+         ExecStart=/usr/bin/edgeimg-updater measure\n\n\
+         [Install]\n\
+         WantedBy=sysinit.target\n",
+        0o644,
+    )
+}
+
 /// Services edgeimg itself needs enabled.
 pub fn default_enabled(root: &Path, ssh: bool) -> Vec<&'static str> {
     let mut v = vec![
@@ -352,6 +382,9 @@ pub fn default_enabled(root: &Path, ssh: bool) -> Vec<&'static str> {
     }
     if ssh {
         v.push("edgeimg-ssh-hostkeys.service");
+    }
+    if in_root(root, "/usr/lib/systemd/system/edgeimg-measure.service").exists() {
+        v.push("edgeimg-measure.service");
     }
     v
 }
