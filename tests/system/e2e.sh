@@ -31,9 +31,10 @@ cleanup() {
     true
 }
 trap cleanup EXIT
+command -v swtpm >/dev/null || fail "swtpm is needed for the device's TPM (apt-get install swtpm swtpm-tools)"
 command -v busybox >/dev/null || fail "busybox is needed for the guest forward (apt-get install busybox-static)"
 
-rm -rf "$T/out" "$T/recipe" "$T/keys" "$T/repo" "$T/repo.state" "$T/vm" "$T"/*.log "$T/disk.img"
+rm -rf "$T/out" "$T/recipe" "$T/keys" "$T/repo" "$T/repo.state" "$T/vm" "$T/tpm" "$T"/*.log "$T/disk.img"
 timings=()
 timing() { timings+=("$(printf '%-44s %7s s' "$1" "$2")"); }
 
@@ -73,6 +74,8 @@ health_deadline = "240s"
 # The power-cut step kills QEMU once a quarter of the ~300 MB root image is written: at
 # 25 MB/s that leaves it seconds in the middle of the image.
 rate_limit = 25000000
+# Measure the release into PCR 15, attest to the server, keep the floor in TPM NV.
+tpm = true
 health_commands = $2
 TOML
 }
@@ -106,7 +109,7 @@ ok "four releases built"
 log "repository and server"
 publish 1.0.0
 "$EDGEIMG" rollout stable --repo "$T/repo" --keys "$T/keys" --board qemu-x86_64 --release 1.0.0 --percent 100 \
-    --halt-after-failures 0 --halt-min-devices 1 >"$T/rollout.log" 2>&1 || { cat "$T/rollout.log"; fail "rollout failed"; }
+    --halt-after-failures 0 --halt-min-devices 1 --require-attestation true >"$T/rollout.log" 2>&1 || { cat "$T/rollout.log"; fail "rollout failed"; }
 head -c 24 /dev/urandom | base64 >"$T/enroll-token"
 "$EDGEIMG" serve --repo "$T/repo" --keys "$T/keys" --listen "127.0.0.1:$SERVER_PORT" --enroll-token-file "$T/enroll-token" \
     --refresh-interval 30s -v >"$T/server.log" 2>&1 &
@@ -127,7 +130,7 @@ ok "flashed with edgeimg flash --provision (token not in its output)"
 # boot_vm LOG: boot the disk in place (UEFI variables kept in $T/vm), rebooting inside one
 # QEMU run, the update server reachable from the guest at 10.0.2.100:8080.
 boot_vm() {
-    "$ROOT/tests/qemu-boot" --state "$T/vm" --in-place --reboot --mem 2048 \
+    "$ROOT/tests/qemu-boot" --state "$T/vm" --in-place --reboot --mem 2048 --tpm "$T/tpm" \
         --net-fwd "tcp:10.0.2.100:8080-cmd:busybox nc 127.0.0.1 $SERVER_PORT" --log "$1" "$T/disk.img" &
     QEMU_PID=$!
 }
@@ -148,6 +151,13 @@ dev_is() { # dev_is VERSION STATE
 dev_on() { # dev_on VERSION SLOT
     curl -sf "$API/api/v1/devices" | jq -e --arg v "$1" --arg s "$2" '.devices[0] | .version == $v and .slot == $s'
 }
+dev_attested() { # dev_attested VERSION: the server verified a TPM quote of this release
+    curl -sf "$API/api/v1/devices" | jq -e --arg v "$1" '.devices[0].attestation | .result == "passed" and .version == $v'
+}
+attested_ok() { # attested_ok VERSION: wait for it, say what the server found
+    wait_for "$1: the server verifies the device's TPM quote" 180 dev_attested "$1"
+    ok "attested $1: $(device | jq -r '.attestation.detail')"
+}
 dev_event() { # dev_event KIND VERSION: the device reported this event
     local id
     id=$(device | jq -r .id)
@@ -167,6 +177,9 @@ D=$(device)
 [ "$(jq -r .status <<<"$D")" = approved ] || fail "device not approved by the enrollment token: $D"
 [ "$(jq -r .slot <<<"$D")" = a ] || fail "v1 should run in slot a: $D"
 ok "device $(jq -r .id <<<"$D") enrolled with the fleet token (approved), reports 1.0.0 in slot a"
+grep -aq "measured k3s-test 1.0.0 (root hash $(jq -r .roothash "$OUT/1.0.0/payload/payload.json")) into PCR 15" "$L1" \
+    || fail "v1 was not measured into PCR 15 before the network came up (serial log $L1)"
+attested_ok 1.0.0
 
 log "v2 at 100%: download, write slot b, reboot, health, commit"
 t0=$(now)
@@ -182,6 +195,7 @@ D=$(device)
 dev_event committed 2.0.0 >/dev/null || fail "no committed event for 2.0.0: $(curl -s "$API/api/v1/devices/$(jq -r .id <<<"$D")")"
 wait_for "v2: the self-test shows 2.0.0 running" 300 grep -aq "EDGEIMG-SELFTEST os-image-version=2.0.0" "$L1"
 ok "v2 runs in slot b, committed (health: $(jq -c '[.health[] | .check + "=" + (.ok | tostring)]' <<<"$D"))"
+attested_ok 2.0.0
 
 log "v3 fails its health check: fallback to v2, failure reported, channel auto-halted"
 t0=$(now)
@@ -243,6 +257,7 @@ if [ "${E2E_POWERCUT:-1}" = 1 ]; then
     D=$(device)
     [ "$(jq -r .slot <<<"$D")" = a ] || fail "v4 should run in slot a: $D"
     ok "v4 runs in slot a, committed"
+    attested_ok 4.0.0 # the TPM kept its seeds across the power cut, the AK its blobs on /data
     kill_vm
 else
     kill_vm
@@ -253,6 +268,12 @@ log "server state"
 curl -sf "$API/metrics" >"$T/metrics.txt" || fail "no /metrics"
 grep -q "^edgeimg_" "$T/metrics.txt" || fail "/metrics has no edgeimg_ series"
 ok "/metrics serves $(grep -c '^edgeimg_' "$T/metrics.txt") edgeimg_ samples"
+if [ "${E2E_POWERCUT:-1}" = 1 ]; then # stable is on 4.0.0 now, which the device runs
+    grep -q '^edgeimg_channel_healthy_devices{.*} 1$' "$T/metrics.txt" \
+        || fail "the attested, committed device is not counted healthy on stable: $(grep healthy_devices "$T/metrics.txt")"
+    ok "stable requires attestation: the device on 4.0.0 counts as healthy"
+fi
+ok "quotes judged: $(grep '^edgeimg_attestations_total' "$T/metrics.txt" | tr '\n' ' ')"
 
 printf '\n%-44s %9s\n' step time
 printf '%s\n' "${timings[@]}"
