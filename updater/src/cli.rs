@@ -291,6 +291,10 @@ fn health(cli: &Cli) -> Result<()> {
     for r in &results {
         tracing::info!("health {}: {} ({})", r.check, if r.ok { "ok" } else { "FAILED" }, r.detail);
     }
+    // Kept for the reports (the fleet view shows them), before anything is committed.
+    if let Err(e) = crate::health::save(&a.settings.state_dir, &crate::state::boot_id(&cli.root), &results) {
+        tracing::warn!("could not keep the health results for the reports: {e}");
+    }
     let ok = results.iter().all(|r| r.ok);
     if !trial {
         if !ok {

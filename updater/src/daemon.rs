@@ -67,6 +67,7 @@ pub async fn report(agent: &Agent) -> Result<(), AgentError> {
         }
     }
     let slot = agent.boot.booted_slot()?;
+    let boot_id = state::boot_id(&agent.root);
     let mut events: Vec<Option<edgeimg_proto::report::Event>> = p.pending_events.iter().cloned().map(Some).collect();
     if events.is_empty() {
         events.push(None);
@@ -114,7 +115,7 @@ pub async fn report(agent: &Agent) -> Result<(), AgentError> {
             state: p.state.name().into(),
             security_floor: p.security_floor,
             event: ev.clone(),
-            health: Vec::new(),
+            health: crate::health::load(&agent.settings.state_dir, &boot_id),
             last_error: p.last_error.clone(),
             attestation,
         };
@@ -192,6 +193,15 @@ pub async fn once(agent: &mut Agent) -> Result<String, AgentError> {
     match step {
         Ok(m) => {
             tracing::info!("{m}");
+            if matches!(agent.dir.load()?.state, State::Staged { .. }) {
+                // Tell the server what happened during the install before the reboot (the
+                // trying event follows from the new boot); never hold the reboot long for it.
+                match tokio::time::timeout(Duration::from_secs(15), report(agent)).await {
+                    Ok(Err(e)) => tracing::warn!("reporting before the reboot: {e}"),
+                    Err(_) => tracing::warn!("reporting before the reboot: no answer in 15 s"),
+                    Ok(Ok(())) => {}
+                }
+            }
             if agent.maybe_reboot(false)? {
                 return Ok("rebooting".into());
             }

@@ -147,6 +147,31 @@ pub async fn attempt(c: &Check, http: &reqwest::Client) -> Result<String, Failed
     }
 }
 
+/// The latest results, kept in the state directory for the reports.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct Saved {
+    boot_id: String,
+    results: Vec<HealthResult>,
+}
+
+const SAVED: &str = "health.json";
+
+/// Keep this boot's results (atomically: a power cut leaves the old or the new file).
+pub fn save(state_dir: &Path, boot_id: &str, results: &[HealthResult]) -> std::io::Result<()> {
+    let s = Saved { boot_id: boot_id.into(), results: results.to_vec() };
+    crate::fsutil::atomic_write(&state_dir.join(SAVED), &serde_json::to_vec(&s).unwrap_or_default(), 0o644)
+}
+
+/// The results saved in this boot (none from an earlier boot: they say nothing about now).
+pub fn load(state_dir: &Path, boot_id: &str) -> Vec<HealthResult> {
+    std::fs::read(state_dir.join(SAVED))
+        .ok()
+        .and_then(|b| serde_json::from_slice::<Saved>(&b).ok())
+        .filter(|s| s.boot_id == boot_id)
+        .map(|s| s.results)
+        .unwrap_or_default()
+}
+
 /// Run all checks until each passes, one fails finally, or `deadline` passes.
 pub async fn run_all(checks: &[Check], deadline: Duration, http: &reqwest::Client) -> Vec<HealthResult> {
     let end = Instant::now() + deadline;
@@ -189,6 +214,16 @@ mod tests {
         let t = Instant::now();
         let r = run_all(checks, deadline, &crate::net::client()).await;
         (r, t.elapsed())
+    }
+
+    #[test]
+    fn saved_results_count_only_in_their_boot() {
+        let dir = tempfile::tempdir().unwrap();
+        assert!(load(dir.path(), "boot-1").is_empty());
+        let r = vec![HealthResult { check: "k3s-node-ready:n".into(), ok: true, detail: "Ready".into() }];
+        save(dir.path(), "boot-1", &r).unwrap();
+        assert_eq!(load(dir.path(), "boot-1"), r);
+        assert!(load(dir.path(), "boot-2").is_empty(), "results of an earlier boot are not reported");
     }
 
     #[tokio::test]
