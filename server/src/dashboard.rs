@@ -216,7 +216,7 @@ fn channels(o: &mut String, d: &Data<'_>) {
         });
         let _ = write!(
             o,
-            r#"<tr><td><b>{}</b></td><td class="nw">{}</td><td><code>{} {}</code>{}</td><td class="nw">{}{}</td><td>{}</td><td class="small">{}</td><td class="nw"><b>{}</b> following<div class="small">{} eligible now<br>{} on release</div></td><td class="outcome">{}</td></tr>"#,
+            r#"<tr><td><b>{}</b></td><td class="nw">{}</td><td><code>{} {}</code>{}</td><td class="nw">{}{}</td><td>{}</td><td class="small">{}</td><td class="nw"><b>{}</b> following<div class="small">{} eligible now<br>{} on release<br>{} healthy{}</div></td><td class="outcome">{}</td></tr>"#,
             esc(&b.channel),
             esc(&b.board),
             esc(&r.image),
@@ -229,6 +229,8 @@ fn channels(o: &mut String, d: &Data<'_>) {
             b.devices,
             b.eligible,
             b.on_release,
+            b.healthy,
+            if r.require_attestation { format!(" ({} attested, required)", b.attested) } else { String::new() },
             outcome_bar(&b.stats)
         );
     }
@@ -332,7 +334,7 @@ fn devices(o: &mut String, d: &Data<'_>) {
         let stale = x.last_seen.is_none_or(|t| d.now - t > 86_400);
         let _ = write!(
             o,
-            r#"<tr><td><code>{}</code> {status}{key}</td><td class="nw">{}</td><td>{}</td><td><code>{} {}</code></td><td>{}</td><td>{}</td><td>{health}</td><td>{tpm}</td><td class="err">{}</td><td class="nw {}">{}</td></tr>"#,
+            r#"<tr><td><code>{}</code> {status}{key}</td><td class="nw">{}</td><td>{}</td><td><code>{} {}</code></td><td>{}</td><td>{}</td><td>{health}</td><td class="nw">{tpm}</td><td class="err">{}</td><td class="nw {}">{}</td></tr>"#,
             esc(&x.id),
             esc(&x.board),
             esc(x.channel.as_deref().unwrap_or("–")),

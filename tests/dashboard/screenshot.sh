@@ -72,6 +72,7 @@ check "lab-bench-7"
 check "awaiting approval"
 check "new key awaiting approval"
 check "online keys: auto-halt + refresh on"
+check "(0 attested, required)"
 check '&lt;disk "data" at 100% &amp; rising&gt;'
 if grep -qF "<disk" "$W/dom.html"; then echo "FAIL: device text became markup" >&2; fail=1; fi
 [ -s "$OUT" ] && head -c 8 "$OUT" | grep -q PNG || { echo "FAIL: no screenshot" >&2; fail=1; }

@@ -36,7 +36,7 @@ fn on(channel: &str, board: &str, version: &str, percent: u8) -> Change {
 }
 
 /// Releases 1.0.0-1.2.0 of `edge` for qemu-x86_64 and 1.1.0 for nuc; channels stable
-/// (1.1.0), canary (1.2.0 at 50%, halting after more than one failure of three devices),
+/// (1.1.0; requiring attestation on nuc), canary (1.2.0 at 50%, halting after more than one failure of three devices),
 /// beta (1.2.0, paused by hand).
 pub async fn repo(repo: &Repo, keys: &KeyDir, work: &Path) {
     for v in ["1.0.0", "1.1.0", "1.2.0"] {
@@ -44,7 +44,10 @@ pub async fn repo(repo: &Repo, keys: &KeyDir, work: &Path) {
     }
     publish_for(repo, keys, work, "nuc", "1.1.0").await;
     rollout(repo, keys, on("stable", BOARD, "1.1.0", 100)).await;
-    rollout(repo, keys, on("stable", "nuc", "1.1.0", 50)).await;
+    // NUCs have TPMs: their channel counts a device healthy only when it attested.
+    let mut nuc = on("stable", "nuc", "1.1.0", 50);
+    nuc.require_attestation = Some(true);
+    rollout(repo, keys, nuc).await;
     let mut canary = on("canary", BOARD, "1.2.0", 50);
     canary.halt = Some(HaltPolicy { max_failures: 1, min_devices: 3 });
     rollout(repo, keys, canary).await;
