@@ -188,12 +188,16 @@ wait_for "v2: the device starts installing" 120 grep -aq "installing .*2\.0\.0" 
 wait_for "v2: reboot into slot b" 600 reboots_more_than 0 "$L1"
 timing "v2 publish to reboot (download + write)" "$(elapsed "$t0")"
 t1=$(now)
-wait_for "v2: committed and reported" 600 dev_is 2.0.0 idle
+# Events queued before the reboot (installed, trying) arrive in the reports of the new boot,
+# one per report, then the commit: wait for the committed event itself.
+wait_for "v2: committed and reported" 600 dev_event committed 2.0.0
 timing "v2 reboot to commit reported" "$(elapsed "$t1")"
+wait_for "v2: the device reports 2.0.0, idle" 60 dev_is 2.0.0 idle
 D=$(device)
 [ "$(jq -r .slot <<<"$D")" = b ] || fail "v2 should run in slot b: $D"
-dev_event committed 2.0.0 >/dev/null || fail "no committed event for 2.0.0: $(curl -s "$API/api/v1/devices/$(jq -r .id <<<"$D")")"
 wait_for "v2: the self-test shows 2.0.0 running" 300 grep -aq "EDGEIMG-SELFTEST os-image-version=2.0.0" "$L1"
+jq -e '[.health[] | select(.ok and (.check | startswith("k3s-node-ready")))] | length == 1' <<<"$D" >/dev/null \
+    || fail "v2's health results did not reach the server: $(jq -c .health <<<"$D")"
 ok "v2 runs in slot b, committed (health: $(jq -c '[.health[] | .check + "=" + (.ok | tostring)]' <<<"$D"))"
 attested_ok 2.0.0
 
@@ -252,8 +256,9 @@ if [ "${E2E_POWERCUT:-1}" = 1 ]; then
     ok "after the power cut the device runs 2.0.0 in slot b"
     wait_for "v4: the download resumes" 300 grep -aq "resuming .*4\.0\.0.*: root.img at byte [1-9]" "$L2"
     ok "$(grep -ao "resuming .*4\.0\.0.* at byte [0-9]*" "$L2" | head -n 1)"
-    wait_for "v4: committed and reported" 900 dev_is 4.0.0 idle
+    wait_for "v4: committed and reported" 900 dev_event committed 4.0.0
     timing "power cut to v4 committed" "$(elapsed "$t0")"
+    wait_for "v4: the device reports 4.0.0, idle" 60 dev_is 4.0.0 idle
     D=$(device)
     [ "$(jq -r .slot <<<"$D")" = a ] || fail "v4 should run in slot a: $D"
     ok "v4 runs in slot a, committed"
