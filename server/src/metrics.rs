@@ -177,41 +177,32 @@ pub fn render(s: &Snapshot<'_>) -> String {
         o.sample("edgeimg_attestations_total", &[("result", result)], n);
     }
 
-    o.family("edgeimg_channel_paused", "gauge", "1 if the channel is paused for the board.");
-    for b in s.boards {
-        o.sample("edgeimg_channel_paused", &board_labels(b), u8::from(b.rollout.paused));
-    }
-    o.family(
-        "edgeimg_channel_percent",
-        "gauge",
-        "Percent of devices the channel's rollout allows now (waves applied).",
-    );
-    for b in s.boards {
-        o.sample("edgeimg_channel_percent", &board_labels(b), b.percent_now);
-    }
-    o.family("edgeimg_channel_devices", "gauge", "Approved devices following the channel on the board.");
-    for b in s.boards {
-        o.sample("edgeimg_channel_devices", &board_labels(b), b.devices);
-    }
-    o.family("edgeimg_channel_eligible_devices", "gauge", "Of those, devices the rollout allows now.");
-    for b in s.boards {
-        o.sample("edgeimg_channel_eligible_devices", &board_labels(b), b.eligible);
-    }
-    o.family(
-        "edgeimg_channel_attested_devices",
-        "gauge",
-        "Devices running the channel's release with a passing TPM attestation of it.",
-    );
-    for b in s.boards {
-        o.sample("edgeimg_channel_attested_devices", &board_labels(b), b.attested);
-    }
-    o.family(
-        "edgeimg_channel_healthy_devices",
-        "gauge",
-        "Devices running the channel's release, idle, with passing health checks (and a passing attestation where the channel requires one).",
-    );
-    for b in s.boards {
-        o.sample("edgeimg_channel_healthy_devices", &board_labels(b), b.healthy);
+    // One gauge per (channel, board) for each of these.
+    let per_board: [BoardGauge; 6] = [
+        ("edgeimg_channel_paused", "1 if the channel is paused for the board.", |b| u64::from(b.rollout.paused)),
+        (
+            "edgeimg_channel_percent",
+            "Percent of devices the channel's rollout allows now (waves applied).",
+            |b| u64::from(b.percent_now),
+        ),
+        ("edgeimg_channel_devices", "Approved devices following the channel on the board.", |b| b.devices),
+        ("edgeimg_channel_eligible_devices", "Of those, devices the rollout allows now.", |b| b.eligible),
+        (
+            "edgeimg_channel_attested_devices",
+            "Devices running the channel's release with a passing TPM attestation of it.",
+            |b| b.attested,
+        ),
+        (
+            "edgeimg_channel_healthy_devices",
+            "Devices running the channel's release, idle, with passing health checks (and a passing attestation where the channel requires one).",
+            |b| b.healthy,
+        ),
+    ];
+    for (name, help, value) in per_board {
+        o.family(name, "gauge", help);
+        for b in s.boards {
+            o.sample(name, &board_labels(b), value(b));
+        }
     }
 
     o.family("edgeimg_metadata_expires_in_seconds", "gauge", "Seconds until each TUF metadata role expires.");
@@ -245,6 +236,9 @@ pub fn render(s: &Snapshot<'_>) -> String {
     }
     o.0
 }
+
+/// (metric name, help, value) of a per-channel, per-board gauge.
+type BoardGauge = (&'static str, &'static str, fn(&BoardSummary) -> u64);
 
 fn board_labels(b: &BoardSummary) -> [(&str, &str); 4] {
     [("channel", &b.channel), ("board", &b.board), ("image", &b.rollout.image), ("version", &b.rollout.version)]
