@@ -10,7 +10,8 @@ use p256::ecdsa::signature::Verifier;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// The PCR the booted release is measured into (see docs/security.md for why 15).
+/// The PCR the booted release is measured into (why 15: the module documentation of the
+/// `edgeimg-tpm` crate, tpm/src/lib.rs).
 pub const RELEASE_PCR: u8 = 15;
 
 /// A device's TPM identity, sent at enrollment (signed with the device key).
@@ -120,6 +121,12 @@ pub fn pcr_digest(values: &[[u8; 32]]) -> [u8; 32] {
         h.update(v);
     }
     h.finalize().into()
+}
+
+/// [`RELEASE_PCR`] on a device that booted this release: what the server expects a quote to
+/// show, computed once at publish time into the release manifest.
+pub fn release_pcr(image: &str, version: &str, verity_root_hash: &str) -> [u8; 32] {
+    expected_pcr(&[&release_event(image, version, verity_root_hash)])
 }
 
 /// The event a device measures for its booted release.

@@ -6,7 +6,7 @@ use std::io::Read;
 use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
-use edgeimg_proto::attest::{expected_pcr, release_event, RELEASE_PCR};
+use edgeimg_proto::attest::{release_pcr, RELEASE_PCR};
 use edgeimg_proto::payload::Payload;
 use edgeimg_proto::release::{manifest_target, target_name, ReleaseArtifact, ReleaseManifest, RELEASE_FORMAT};
 use sha2::{Digest, Sha256};
@@ -110,8 +110,8 @@ pub async fn publish(repo: &Repo, keys: &KeyDir, opts: &PublishOptions) -> Resul
             // PCR 15 after booting this release (what the device measures, before the
             // network is up); other PCRs only as the caller gives them.
             let mut pcrs = opts.expected_pcrs.clone();
-            let event = release_event(&payload.image, &payload.version, &payload.roothash);
-            pcrs.entry(RELEASE_PCR.to_string()).or_insert_with(|| hex::encode(expected_pcr(&[&event])));
+            pcrs.entry(RELEASE_PCR.to_string())
+                .or_insert_with(|| hex::encode(release_pcr(&payload.image, &payload.version, &payload.roothash)));
             pcrs
         },
     };

@@ -3,7 +3,7 @@
 //! (`expected_pcrs`, computed at publish time and signed with it); for releases published
 //! before manifests carried it, computed the same way from the manifest's verity root hash.
 
-use edgeimg_proto::attest::{expected_pcr, release_event, RELEASE_PCR};
+use edgeimg_proto::attest::{release_pcr, RELEASE_PCR};
 use edgeimg_proto::release::ReleaseManifest;
 
 use crate::repo_view::RepoView;
@@ -14,7 +14,7 @@ pub fn expected(m: &ReleaseManifest) -> [u8; 32] {
         .get(&RELEASE_PCR.to_string())
         .and_then(|h| hex::decode(h).ok())
         .and_then(|v| v.try_into().ok())
-        .unwrap_or_else(|| expected_pcr(&[&release_event(&m.image, &m.version, &m.roothash)]))
+        .unwrap_or_else(|| release_pcr(&m.image, &m.version, &m.roothash))
 }
 
 /// (version, expected PCR 15) for every readable release of `board` and `image`.
