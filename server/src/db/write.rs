@@ -293,28 +293,34 @@ fn report(c: &Connection, r: &ReportRequest) -> rusqlite::Result<ReportOutcome> 
     let rep = &r.report;
     let seq = rep.seq as i64; // checked by the handler: seq <= i64::MAX
     let health = serde_json::to_string(&rep.health).unwrap_or_else(|_| "[]".into());
-    let changed = c
+    // The device's attestation columns come back with the update: no second query.
+    let updated: Option<AttestRow> = c
         .prepare_cached(
             "UPDATE devices SET last_seq = ?2, last_seen = ?3, board = ?4, image = ?5, version = ?6, channel = ?7,
                 slot = ?8, state = ?9, security_floor = ?10, health = ?11, last_error = ?12
-             WHERE id = ?1 AND public_key = ?13 AND status = 'approved' AND last_seq < ?2",
+             WHERE id = ?1 AND public_key = ?13 AND status = 'approved' AND last_seq < ?2
+             RETURNING tpm, attest_nonce, attest_nonce_at, attest_result, attest_version, attest_at",
         )?
-        .execute(params![
-            rep.device_id,
-            seq,
-            r.now,
-            rep.board,
-            rep.image,
-            rep.version,
-            rep.channel,
-            rep.slot.letter(),
-            rep.state,
-            rep.security_floor.min(i64::MAX as u64) as i64,
-            health,
-            rep.last_error,
-            &*r.key,
-        ])?;
-    if changed == 0 {
+        .query_row(
+            params![
+                rep.device_id,
+                seq,
+                r.now,
+                rep.board,
+                rep.image,
+                rep.version,
+                rep.channel,
+                rep.slot.letter(),
+                rep.state,
+                rep.security_floor.min(i64::MAX as u64) as i64,
+                health,
+                rep.last_error,
+                &*r.key,
+            ],
+            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?)),
+        )
+        .optional()?;
+    let Some(attest_row) = updated else {
         let row: Option<(i64, String, String)> = c
             .prepare_cached("SELECT last_seq, public_key, status FROM devices WHERE id = ?1")?
             .query_row(params![rep.device_id], |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?)))
@@ -325,7 +331,7 @@ fn report(c: &Connection, r: &ReportRequest) -> rusqlite::Result<ReportOutcome> 
             Some((_, _, status)) if status != "approved" => ReportOutcome::NotApproved,
             Some((last, _, _)) => ReportOutcome::Replayed { last: last.max(0) as u64 },
         });
-    }
+    };
     if let Some(ev) = &rep.event {
         let kind = kind_name(ev.kind);
         c.prepare_cached(
@@ -352,22 +358,18 @@ fn report(c: &Connection, r: &ReportRequest) -> rusqlite::Result<ReportOutcome> 
         )?
         .execute(params![rep.channel, rep.board, ev.image, ev.version, rep.device_id, kind, r.now])?;
     }
-    attest(c, r)
+    attest(c, r, attest_row)
 }
+
+/// A device's `tpm`, `attest_nonce`, `attest_nonce_at`, `attest_result`, `attest_version`,
+/// `attest_at`.
+type AttestRow = (Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>, Option<i64>);
 
 /// Judge the report's attestation (if any) against the nonce on record, and decide whether
 /// the device should attest again. In the report's transaction: a nonce is used once.
-fn attest(c: &Connection, r: &ReportRequest) -> rusqlite::Result<ReportOutcome> {
+fn attest(c: &Connection, r: &ReportRequest, row: AttestRow) -> rusqlite::Result<ReportOutcome> {
     let rep = &r.report;
-    type Row = (Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>, Option<i64>);
-    let (tpm, nonce, nonce_at, result, version, at): Row = c
-        .prepare_cached(
-            "SELECT tpm, attest_nonce, attest_nonce_at, attest_result, attest_version, attest_at
-             FROM devices WHERE id = ?1",
-        )?
-        .query_row(params![rep.device_id], |row| {
-            Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?))
-        })?;
+    let (tpm, nonce, nonce_at, result, version, at) = row;
     let ak = tpm.and_then(|t| serde_json::from_str::<TpmIdentity>(&t).ok()).map(|t| t.ak);
     let mut verdict = None;
     if let Some(a) = &rep.attestation {
