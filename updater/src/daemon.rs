@@ -72,9 +72,9 @@ pub async fn report(agent: &Agent) -> Result<(), AgentError> {
     if events.is_empty() {
         events.push(None);
     }
+    let mut events = events.into_iter();
     let mut nonce: Option<String> = None;
     let mut attested = false;
-    let mut events = events.into_iter();
     loop {
         // Pending events first (one report each), then a quote if the server asked for one.
         let (ev, attestation) = match events.next() {
@@ -193,19 +193,20 @@ pub async fn once(agent: &mut Agent) -> Result<String, AgentError> {
     match step {
         Ok(m) => {
             tracing::info!("{m}");
+            // Report what the step did before a possible reboot (the trying event follows
+            // from the new boot); a staged update never waits long for the server.
             if matches!(agent.dir.load()?.state, State::Staged { .. }) {
-                // Tell the server what happened during the install before the reboot (the
-                // trying event follows from the new boot); never hold the reboot long for it.
                 match tokio::time::timeout(Duration::from_secs(15), report(agent)).await {
                     Ok(Err(e)) => tracing::warn!("reporting before the reboot: {e}"),
                     Err(_) => tracing::warn!("reporting before the reboot: no answer in 15 s"),
                     Ok(Ok(())) => {}
                 }
+            } else {
+                let _ = report(agent).await;
             }
             if agent.maybe_reboot(false)? {
                 return Ok("rebooting".into());
             }
-            let _ = report(agent).await;
             Ok(m)
         }
         Err(e) => {

@@ -84,15 +84,17 @@ impl TpmTool {
     /// first use; its TPM-wrapped blobs are kept in `dir`).
     pub fn identity(&self, dir: &Path) -> Result<TpmIdentity, String> {
         let v = self.call(&["keys", "--dir", &dir.display().to_string()])?;
-        let field = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| format!("edgeimg-tpm keys: no {k}"));
-        Ok(TpmIdentity { ek: field("ek")?, ak: field("ak")?, ek_cert: None })
+        Ok(TpmIdentity { ek: text(&v, "keys", "ek")?, ak: text(&v, "keys", "ak")?, ek_cert: None })
     }
 
     /// Quote PCR 15 with the server's nonce (hex).
     pub fn quote(&self, dir: &Path, nonce: &str) -> Result<Attestation, String> {
         let v = self.call(&["quote", "--dir", &dir.display().to_string(), "--nonce", nonce])?;
-        let field = |k: &str| v[k].as_str().map(str::to_string).ok_or_else(|| format!("edgeimg-tpm quote: no {k}"));
-        Ok(Attestation { nonce: nonce.to_string(), attest: field("attest")?, signature: field("signature")? })
+        Ok(Attestation {
+            nonce: nonce.to_string(),
+            attest: text(&v, "quote", "attest")?,
+            signature: text(&v, "quote", "signature")?,
+        })
     }
 
     /// Extend PCR 15 with the booted release; returns the PCR value (hex).
@@ -100,4 +102,9 @@ impl TpmTool {
         let v = self.call(&["measure", "--image", image, "--release", version, "--root-hash", root_hash])?;
         Ok(v["value"].as_str().unwrap_or_default().to_string())
     }
+}
+
+/// A text field of `edgeimg-tpm <command>`'s JSON output.
+fn text(v: &serde_json::Value, command: &str, key: &str) -> Result<String, String> {
+    v[key].as_str().map(str::to_string).ok_or_else(|| format!("edgeimg-tpm {command}: no {key}"))
 }
