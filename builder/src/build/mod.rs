@@ -74,6 +74,15 @@ pub enum BuildError {
     NoTpmTool { arch: String, looked: String, build: String },
 }
 
+/// The Rust target to cross-compile device binaries for `arch`; None when it is this host's.
+fn cross_triple(arch: config::Arch) -> Option<&'static str> {
+    match (arch, std::env::consts::ARCH) {
+        (config::Arch::Amd64, "x86_64") | (config::Arch::Arm64, "aarch64") => None,
+        (config::Arch::Amd64, _) => Some("x86_64-unknown-linux-gnu"),
+        (config::Arch::Arm64, _) => Some("aarch64-unknown-linux-gnu"),
+    }
+}
+
 /// The `edgeimg-updater` binary to bake into images for `arch`: the explicit path, else
 /// `$EDGEIMG_UPDATER_<ARCH>`, else cargo's output layout next to this executable.
 pub fn find_updater(explicit: Option<&Path>, arch: config::Arch) -> Result<PathBuf, BuildError> {
@@ -85,23 +94,20 @@ pub fn find_updater(explicit: Option<&Path>, arch: config::Arch) -> Result<PathB
         return Ok(PathBuf::from(p));
     }
     let exe_dir = std::env::current_exe().ok().and_then(|e| e.parent().map(Path::to_path_buf)).unwrap_or_default();
-    let native =
-        matches!((arch, std::env::consts::ARCH), (config::Arch::Amd64, "x86_64") | (config::Arch::Arm64, "aarch64"));
     let target_dir = exe_dir.parent().map(Path::to_path_buf).unwrap_or_default();
-    let (candidate, build) = if native {
-        // The size-optimised device build if there is one, else the one beside us.
-        let device = target_dir.join("device").join("edgeimg-updater");
-        let c = if device.is_file() { device } else { exe_dir.join("edgeimg-updater") };
-        (c, "cargo build --profile device -p edgeimg-updater".to_string())
-    } else {
-        let triple = match arch {
-            config::Arch::Amd64 => "x86_64-unknown-linux-gnu",
-            config::Arch::Arm64 => "aarch64-unknown-linux-gnu",
-        };
-        let device = target_dir.join(triple).join("device").join("edgeimg-updater");
-        let path =
-            if device.is_file() { device } else { target_dir.join(triple).join("release").join("edgeimg-updater") };
-        (path, format!("cargo build --profile device -p edgeimg-updater --target {triple}"))
+    let (candidate, build) = match cross_triple(arch) {
+        None => {
+            // The size-optimised device build if there is one, else the one beside us.
+            let device = target_dir.join("device").join("edgeimg-updater");
+            let c = if device.is_file() { device } else { exe_dir.join("edgeimg-updater") };
+            (c, "cargo build --profile device -p edgeimg-updater".to_string())
+        }
+        Some(triple) => {
+            let device = target_dir.join(triple).join("device").join("edgeimg-updater");
+            let path =
+                if device.is_file() { device } else { target_dir.join(triple).join("release").join("edgeimg-updater") };
+            (path, format!("cargo build --profile device -p edgeimg-updater --target {triple}"))
+        }
     };
     if candidate.is_file() {
         Ok(candidate)
@@ -125,11 +131,7 @@ pub fn find_tpm_tool(updater: &Path, arch: config::Arch) -> Result<PathBuf, Buil
     if candidate.is_file() {
         return Ok(candidate);
     }
-    let target = match (arch, std::env::consts::ARCH) {
-        (config::Arch::Amd64, "x86_64") | (config::Arch::Arm64, "aarch64") => String::new(),
-        (config::Arch::Amd64, _) => " --target x86_64-unknown-linux-gnu".into(),
-        (config::Arch::Arm64, _) => " --target aarch64-unknown-linux-gnu".into(),
-    };
+    let target = cross_triple(arch).map(|t| format!(" --target {t}")).unwrap_or_default();
     Err(BuildError::NoTpmTool {
         arch: arch.debian().into(),
         looked: format!("{var} unset, no {}", candidate.display()),
