@@ -8,25 +8,16 @@ mod common;
 
 use common::*;
 use edgeimg_proto::attest::{Attestation, TpmIdentity};
-use edgeimg_release::publish::{publish, PublishOptions};
 use edgeimg_release::Lifetimes;
 use edgeimg_tpm::swtpm::Swtpm;
 use edgeimg_tpm::{release_event, Tpm, RELEASE_PCR};
-use std::collections::BTreeMap;
 
+/// Publish `version`; returns its verity root hash (what the device measures with it).
 async fn publish_release(fx: &Fixture, version: &str) -> String {
-    let build = fake_build(&fx.dir.path().join("work"), BOARD, IMAGE, version, 4096);
+    let work = fx.dir.path().join("work");
+    let build = publish_for(&fx.repo, &fx.keys, &work, BOARD, version, 4096, Lifetimes::default()).await;
     let payload: serde_json::Value =
         serde_json::from_slice(&std::fs::read(build.join("payload/payload.json")).unwrap()).unwrap();
-    let opts = PublishOptions {
-        build_dir: build,
-        security_version: 1,
-        min_updater_version: "0.1.0".into(),
-        expected_pcrs: BTreeMap::new(),
-        lifetimes: Lifetimes::default(),
-        now: now(),
-    };
-    publish(&fx.repo, &fx.keys, &opts).await.unwrap();
     payload["roothash"].as_str().unwrap().to_string()
 }
 

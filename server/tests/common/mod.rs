@@ -124,11 +124,19 @@ pub fn fake_build(dir: &Path, board: &str, image: &str, version: &str, root_len:
     b
 }
 
-/// Publish `version` of the test image for the test board.
-pub async fn publish_version(repo: &Repo, keys: &KeyDir, work: &Path, version: &str, root_len: usize, life: Lifetimes) {
-    let build = fake_build(work, BOARD, IMAGE, version, root_len);
+/// Build and publish `version` of the test image for `board`; returns the build directory.
+pub async fn publish_for(
+    repo: &Repo,
+    keys: &KeyDir,
+    work: &Path,
+    board: &str,
+    version: &str,
+    root_len: usize,
+    life: Lifetimes,
+) -> PathBuf {
+    let build = fake_build(work, board, IMAGE, version, root_len);
     let opts = PublishOptions {
-        build_dir: build,
+        build_dir: build.clone(),
         security_version: 1,
         min_updater_version: "0.1.0".into(),
         expected_pcrs: BTreeMap::new(),
@@ -136,6 +144,12 @@ pub async fn publish_version(repo: &Repo, keys: &KeyDir, work: &Path, version: &
         now: now(),
     };
     publish(repo, keys, &opts).await.unwrap();
+    build
+}
+
+/// Publish `version` of the test image for the test board.
+pub async fn publish_version(repo: &Repo, keys: &KeyDir, work: &Path, version: &str, root_len: usize, life: Lifetimes) {
+    publish_for(repo, keys, work, BOARD, version, root_len, life).await;
 }
 
 /// What an operator does with `edgeimg rollout`.

@@ -12,17 +12,8 @@ use edgeimg_release::{KeyDir, Lifetimes, Repo};
 
 use super::*;
 
-async fn publish_for(repo: &Repo, keys: &KeyDir, work: &Path, board: &str, version: &str) {
-    let build = fake_build(work, board, IMAGE, version, 20_000);
-    let opts = PublishOptions {
-        build_dir: build,
-        security_version: 1,
-        min_updater_version: "0.1.0".into(),
-        expected_pcrs: BTreeMap::new(),
-        lifetimes: Lifetimes::default(),
-        now: now(),
-    };
-    publish(repo, keys, &opts).await.unwrap();
+async fn publish_demo(repo: &Repo, keys: &KeyDir, work: &Path, board: &str, version: &str) {
+    publish_for(repo, keys, work, board, version, 20_000, Lifetimes::default()).await;
 }
 
 fn on(channel: &str, board: &str, version: &str, percent: u8) -> Change {
@@ -40,9 +31,9 @@ fn on(channel: &str, board: &str, version: &str, percent: u8) -> Change {
 /// beta (1.2.0, paused by hand).
 pub async fn repo(repo: &Repo, keys: &KeyDir, work: &Path) {
     for v in ["1.0.0", "1.1.0", "1.2.0"] {
-        publish_for(repo, keys, work, BOARD, v).await;
+        publish_demo(repo, keys, work, BOARD, v).await;
     }
-    publish_for(repo, keys, work, "nuc", "1.1.0").await;
+    publish_demo(repo, keys, work, "nuc", "1.1.0").await;
     rollout(repo, keys, on("stable", BOARD, "1.1.0", 100)).await;
     // NUCs have TPMs: their channel counts a device healthy only when it attested.
     let mut nuc = on("stable", "nuc", "1.1.0", 50);
