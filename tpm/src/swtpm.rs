@@ -4,6 +4,7 @@
 use std::net::TcpListener;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub struct Swtpm {
@@ -11,12 +12,18 @@ pub struct Swtpm {
     pub port: u16,
 }
 
+/// Next port pair to try: tests in one process run in parallel, and two of them picking the
+/// same free pair before either swtpm binds it would share one TPM. Each process walks its
+/// own range (from its pid), so pairs are never handed out twice.
+static NEXT_PAIR: AtomicU32 = AtomicU32::new(0);
+
 fn free_port_pair() -> u16 {
-    // swtpm needs two consecutive ports (data, control).
-    for _ in 0..50 {
-        let a = TcpListener::bind("127.0.0.1:0").unwrap();
-        let p = a.local_addr().unwrap().port();
-        if p < 65000 && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+    // swtpm needs two consecutive ports (data, control), here in 20000..64000.
+    let start = std::process::id() % 22_000;
+    for _ in 0..500 {
+        let pair = (start + NEXT_PAIR.fetch_add(1, Ordering::SeqCst)) % 22_000;
+        let p = 20_000 + 2 * pair as u16;
+        if TcpListener::bind(("127.0.0.1", p)).is_ok() && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
             return p;
         }
     }
@@ -38,9 +45,11 @@ impl Swtpm {
             .stderr(Stdio::inherit())
             .spawn()
             .expect("swtpm is installed (apt-get install swtpm)");
+        let mut child = child;
         let t = Instant::now();
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
             assert!(t.elapsed() < Duration::from_secs(20), "swtpm did not listen on {port}");
+            assert!(child.try_wait().unwrap().is_none(), "swtpm exited before listening on {port}");
             std::thread::sleep(Duration::from_millis(50));
         }
         Self { child, port }
