@@ -20,6 +20,10 @@ pub struct BootEntry {
     pub roothash: Option<String>,
     /// Boot counting state from the file name: None = blessed, Some((left, done)).
     pub tries_left: Option<u32>,
+    /// The unified kernel image the entry starts (Secure Boot images), else None.
+    pub uki: Option<String>,
+    /// Whether that image carries an Authenticode signature.
+    pub signed: Option<bool>,
 }
 
 #[derive(Debug, Serialize)]
@@ -63,13 +67,20 @@ fn sniff(f: &mut File, offset: u64) -> Result<String> {
     })
 }
 
-fn parse_entry(file: &str, text: &str) -> BootEntry {
+/// `uki`: the bytes of the unified kernel image the entry names, when it names one: its
+/// command line is inside it.
+fn parse_entry(file: &str, text: &str, uki: Option<&[u8]>) -> BootEntry {
     let field = |k: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(k).filter(|r| r.starts_with([' ', '\t'])).map(|r| r.trim().to_string()))
             .unwrap_or_default()
     };
-    let options = field("options");
+    let efi = field("efi");
+    let pe = uki.and_then(|b| crate::build::uki::Pe::parse(b, &efi).ok().map(|pe| (pe, b)));
+    let options = match &pe {
+        Some((pe, b)) => pe.section(b, ".cmdline").map(|c| String::from_utf8_lossy(c).into_owned()).unwrap_or_default(),
+        None => field("options"),
+    };
     let arg = |k: &str| options.split_whitespace().find_map(|a| a.strip_prefix(k)).map(String::from);
     let stem = file.trim_end_matches(".conf");
     let tries_left = stem.rsplit_once('+').and_then(|(_, c)| c.split('-').next()?.parse().ok());
@@ -80,6 +91,8 @@ fn parse_entry(file: &str, text: &str) -> BootEntry {
         slot: arg("edgeimg.slot="),
         roothash: arg("roothash="),
         tries_left,
+        signed: pe.as_ref().map(|(pe, _)| pe.cert_table != (0, 0)),
+        uki: (!efi.is_empty()).then_some(efi),
     }
 }
 
@@ -100,11 +113,26 @@ fn boot_entries(disk: &Path, esp_offset: u64) -> Vec<BootEntry> {
             .env("MTOOLS_SKIP_CHECK", "1")
             .run()
         {
-            out.push(parse_entry(name, &text));
+            let efi = text.lines().find_map(|l| l.strip_prefix("efi ").map(str::trim));
+            let uki = efi.and_then(|path| read_esp_file(&img, path));
+            out.push(parse_entry(name, &text, uki.as_deref()));
         }
     }
     out.sort_by(|a, b| a.file.cmp(&b.file));
     out
+}
+
+/// A file from the ESP (FAT image at `img`, mtools syntax `file@@offset`).
+fn read_esp_file(img: &str, path: &str) -> Option<Vec<u8>> {
+    let tmp = tempfile::NamedTempFile::new().ok()?;
+    Cmd::new("mcopy")
+        .args(["-n", "-i", img])
+        .arg(format!("::{path}"))
+        .arg(tmp.path())
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .run()
+        .ok()?;
+    std::fs::read(tmp.path()).ok()
 }
 
 pub fn inspect(path: &Path) -> Result<Info> {
@@ -160,8 +188,14 @@ pub fn render(i: &Info) -> String {
             Some(0) => "failed (no tries left)".into(),
             Some(n) => format!("on trial, {n} tries left"),
         };
+        let image = match (&e.uki, e.signed) {
+            (None, _) => String::new(),
+            (Some(p), Some(true)) => format!("  UKI {p} (signed)"),
+            (Some(p), Some(false)) => format!("  UKI {p} (NOT signed)"),
+            (Some(p), None) => format!("  UKI {p} (unreadable)"),
+        };
         s.push_str(&format!(
-            "  {:<18} slot {:<2} gen {:<4} {:<24} root hash {}\n",
+            "  {:<18} slot {:<2} gen {:<4} {:<24} root hash {}{image}\n",
             e.file,
             e.slot.as_deref().unwrap_or("?"),
             e.version,
@@ -192,11 +226,12 @@ mod tests {
         let e = parse_entry(
             "slot-b+1-2.conf",
             "title x\nversion 3\noptions ro roothash=abcd edgeimg.slot=b console=ttyS0\n",
+            None,
         );
         assert_eq!(e.tries_left, Some(1));
         assert_eq!(e.slot.as_deref(), Some("b"));
         assert_eq!(e.roothash.as_deref(), Some("abcd"));
         assert_eq!(e.version, "3");
-        assert_eq!(parse_entry("slot-a.conf", "").tries_left, None);
+        assert_eq!(parse_entry("slot-a.conf", "", None).tries_left, None);
     }
 }

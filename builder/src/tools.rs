@@ -20,6 +20,7 @@ pub const MCOPY: Tool = Tool { bin: "mcopy", package: "mtools" };
 pub const MMD: Tool = Tool { bin: "mmd", package: "mtools" };
 pub const MKFS_EXT4: Tool = Tool { bin: "mkfs.ext4", package: "e2fsprogs" };
 pub const DPKG_QUERY: Tool = Tool { bin: "dpkg-query", package: "dpkg" };
+pub const SBSIGN: Tool = Tool { bin: "sbsign", package: "sbsigntool" };
 pub const SYSTEMCTL: Tool = Tool { bin: "systemctl", package: "systemd" };
 
 #[derive(Debug, thiserror::Error)]

@@ -56,17 +56,30 @@ impl Slot {
     }
 }
 
+/// What a loader entry starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EntryImage<'a> {
+    /// A kernel and initrd; the entry carries the command line.
+    Linux { linux: &'a str, initrd: &'a str, options: &'a str },
+    /// A unified kernel image: its command line is inside it, covered by its Secure Boot
+    /// signature, so the entry gives none (the stub would ignore it under Secure Boot).
+    Uki { efi: &'a str },
+}
+
 /// systemd-boot type #1 entry for a slot (the builder writes slot A's, the updater the
 /// staged ones). All entries share a sort key; the highest `version` boots first.
-pub fn systemd_boot_entry(slot: Slot, title: &str, version: u64, linux: &str, initrd: &str, options: &str) -> String {
-    format!(
+pub fn systemd_boot_entry(slot: Slot, title: &str, version: u64, image: &EntryImage<'_>) -> String {
+    let head = format!(
         "title      {title} (slot {slot})\n\
          sort-key   edgeimg\n\
-         version    {version}\n\
-         linux      {linux}\n\
-         initrd     {initrd}\n\
-         options    {options}\n"
-    )
+         version    {version}\n"
+    );
+    match image {
+        EntryImage::Linux { linux, initrd, options } => {
+            format!("{head}linux      {linux}\ninitrd     {initrd}\noptions    {options}\n")
+        }
+        EntryImage::Uki { efi } => format!("{head}efi        {efi}\n"),
+    }
 }
 
 impl fmt::Display for Slot {

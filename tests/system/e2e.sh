@@ -9,6 +9,9 @@
 #       never retries v3, and the server auto-halts the channel (threshold: one device).
 #   v4  QEMU is killed while v4 is being written (E2E_POWERCUT=0 skips it); the device boots v2
 #       again, resumes the download where it stopped, and commits v4.
+# The firmware runs with Secure Boot on and the example keys enrolled (tests/secure-boot-vars):
+# every release boots a signed UKI per slot, and a copy of the disk whose UKI was altered
+# after signing is refused by the firmware.
 # Asserts on the serial log and the server's API; prints a timing table. Logs, serial
 # consoles and the server's database stay in $T (printed on failure).
 source "$(dirname "$0")/../lib.sh"
@@ -19,6 +22,7 @@ QEMU_PID=
 SERVER_PID=
 # kill_vm [SIGNAL]: stop QEMU itself (not only the tests/qemu-boot wrapper) and wait for it.
 kill_vm() {
+    pkill -f -- "file=$T/vm-tampered/disk.qcow2" 2>/dev/null || true
     pkill "-${1:-TERM}" -f -- "-drive file=$T/disk.img," 2>/dev/null || true
     [ -z "$QEMU_PID" ] || wait "$QEMU_PID" 2>/dev/null || true
     while pgrep -f -- "-drive file=$T/disk.img," >/dev/null; do sleep 0.2; done
@@ -33,8 +37,10 @@ cleanup() {
 trap cleanup EXIT
 command -v swtpm >/dev/null || fail "swtpm is needed for the device's TPM (apt-get install swtpm swtpm-tools)"
 command -v busybox >/dev/null || fail "busybox is needed for the guest forward (apt-get install busybox-static)"
+command -v sbverify >/dev/null || fail "sbverify is needed to check Secure Boot signatures (apt-get install sbsigntool)"
 
-rm -rf "$T/out" "$T/recipe" "$T/keys" "$T/repo" "$T/repo.state" "$T/vm" "$T/tpm" "$T"/*.log "$T/disk.img"
+rm -rf "$T/out" "$T/recipe" "$T/keys" "$T/repo" "$T/repo.state" "$T/vm" "$T/vm-tampered" "$T/tpm" "$T"/*.log "$T/disk.img" \
+    "$T/tampered.img"
 timings=()
 timing() { timings+=("$(printf '%-44s %7s s' "$1" "$2")"); }
 
@@ -53,6 +59,7 @@ mkdir -p "$R"
 cp -r "$ROOT/tests/recipes/selftest-overlay" "$ROOT/tests/recipes/k3s-test-overlay" "$ROOT/tests/recipes/e2e-overlay" \
     "$ROOT/tests/recipes/k3s-test" "$R/"
 cp "$T/keys/root.json" "$R/root.json"
+cp -r "$ROOT/keys-example/secureboot" "$R/sb"
 # render OUT HEALTH_COMMANDS: the K3s test recipe (the app image pinned by digest, no lock
 # file needed) plus the updater: this server, a short poll, the host's clock (QEMU's RTC).
 render() {
@@ -77,6 +84,11 @@ rate_limit = 25000000
 # Measure the release into PCR 15, attest to the server, keep the floor in TPM NV.
 tpm = true
 health_commands = $2
+
+# Signed loader and one signed UKI per slot (INSECURE example db key).
+[secure_boot]
+key = "sb/db.key"
+cert = "sb/db.crt"
 TOML
 }
 render "$R/good.toml" '[["/usr/bin/true"]]'
@@ -166,11 +178,45 @@ dev_event() { # dev_event KIND VERSION: the device reported this event
 serial_count() { grep -ac "$1" "$2" || true; }
 reboots_more_than() { [ "$(serial_count 'reboot: Restarting system' "$2")" -gt "$1" ]; } # reboots_more_than N LOG
 
+log "Secure Boot: signed loader and UKIs; the firmware refuses a UKI altered after signing"
+for slot in a b; do
+    sbverify --cert "$R/sb/db.crt" "$OUT/1.0.0/payload/uki-$slot.efi" >/dev/null 2>&1 \
+        || fail "payload uki-$slot.efi is not signed by the recipe's db key"
+done
+"$EDGEIMG" inspect "$T/disk.img" >"$T/inspect-v1.txt" 2>&1 || { cat "$T/inspect-v1.txt"; fail "edgeimg inspect failed"; }
+grep -q "slot-a.conf .*root hash $(jq -r .roothash "$OUT/1.0.0/payload/payload.json" | cut -c1-16)  UKI /edgeimg/slot-a/uki.efi (signed)" \
+    "$T/inspect-v1.txt" || { cat "$T/inspect-v1.txt"; fail "edgeimg inspect does not show slot A booting a signed UKI"; }
+"$ROOT/tests/secure-boot-vars" "$T/sb-vars.fd" >/dev/null
+mkdir -p "$T/vm" && cp "$T/sb-vars.fd" "$T/vm/vars.fd"
+# The tampered copy: one hex digit of the root hash in slot A's signed command line changed.
+cp --sparse=always "$T/disk.img" "$T/tampered.img"
+ESP="$T/tampered.img@@$(part_offset "$T/tampered.img" esp)"
+MTOOLS_SKIP_CHECK=1 mcopy -n -i "$ESP" ::/edgeimg/slot-a/uki.efi "$T/uki-tampered.efi"
+python3 - "$T/uki-tampered.efi" <<'PY'
+import sys
+b = bytearray(open(sys.argv[1], "rb").read())
+i = b.index(b"roothash=") + len("roothash=")
+b[i] = ord("0") if b[i] != ord("0") else ord("1")
+open(sys.argv[1], "wb").write(b)
+PY
+sbverify --cert "$R/sb/db.crt" "$T/uki-tampered.efi" >/dev/null 2>&1 && fail "the altered UKI still verifies"
+MTOOLS_SKIP_CHECK=1 mcopy -o -i "$ESP" "$T/uki-tampered.efi" ::/edgeimg/slot-a/uki.efi
+LT=$T/serial-tampered.log
+"$ROOT/tests/qemu-boot" --state "$T/vm-tampered" --vars "$T/sb-vars.fd" --log "$LT" --timeout 180 "$T/tampered.img" &
+QEMU_PID=$!
+wait_for "the firmware refuses the altered UKI" 170 grep -aqi "uki.efi: Access denied" "$LT"
+kill_vm
+grep -aq "Linux version" "$LT" && fail "a kernel started from the altered UKI ($LT)"
+ok "altered UKI refused by the firmware: $(grep -ai -m1 'uki.efi: Access denied' "$LT" | tr -d '\r' | sed 's/^.*Error/Error/')"
+rm -rf "$T/tampered.img" "$T/vm-tampered"
+
 L1=$T/serial-1.log
 t0=$(now)
 boot_vm "$L1"
 wait_for "v1: K3s node Ready on the serial console" 600 grep -aq "EDGEIMG-SELFTEST k3s-node-ready=True" "$L1"
 timing "boot v1 to K3s node Ready" "$(elapsed "$t0")"
+grep -aq "secureboot: Secure boot enabled" "$L1" || fail "v1 did not boot with Secure Boot enforced ($L1)"
+ok "v1 booted from its signed UKI with Secure Boot enforced (kernel lockdown on)"
 wait_for "v1: the device enrolls and reports 1.0.0" 180 dev_is 1.0.0 idle
 timing "boot v1 to first report" "$(elapsed "$t0")"
 D=$(device)

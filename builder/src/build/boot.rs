@@ -4,12 +4,19 @@
 //! type #1 entry per slot. A newly installed slot gets an entry named `slot-b+1.conf`;
 //! systemd-boot decrements the counter before starting it, and an entry with no tries left
 //! sorts last, so an unblessed slot falls back to the other one on the next boot.
+//!
+//! With `[secure_boot]` each slot boots one signed unified kernel image instead (kernel,
+//! initrd and that slot's command line, which carries the verity root hash), and the loader
+//! is signed too: firmware → loader → UKI → root hash → every block of the root filesystem.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use edgeimg_proto::slot::EntryImage;
 use edgeimg_proto::Slot;
 
+use crate::config::secure_boot::SecureBoot;
 use crate::config::{Arch, Board};
 use crate::fsutil::{clamp_mtimes, in_root, write_file};
 use crate::gpt::Guid;
@@ -25,6 +32,8 @@ pub enum BootError {
     Missing(String),
     #[error("the boot files need {need} MiB but the boot partition has {have} MiB (disk.esp_mib in {board})")]
     TooBig { need: u64, have: u64, board: String },
+    #[error("making the unified kernel image: {0}")]
+    Uki(#[from] super::uki::PeError),
 }
 
 /// Kernel and initrd taken out of the root tree (they live on the boot partition, not in
@@ -102,16 +111,100 @@ pub fn cmdline(board: &Board, slot: Slot, roothash: &str) -> String {
 
 /// systemd-boot loader entry for a slot (the format lives in the shared crate: the updater
 /// writes the same entries).
-pub fn sd_boot_entry(slot: Slot, title: &str, generation: u64, cmdline: &str) -> String {
-    let dir = slot.boot_dir();
-    edgeimg_proto::slot::systemd_boot_entry(
-        slot,
-        title,
-        generation,
-        &format!("{dir}/linux"),
-        &format!("{dir}/initrd"),
-        cmdline,
-    )
+pub fn sd_boot_entry(slot: Slot, title: &str, generation: u64, set: &BootSet, cmdline: &str) -> String {
+    let path_of = |suffix: &str| {
+        set.slots[&slot].iter().map(|(_, d)| d.as_str()).find(|d| d.ends_with(suffix)).unwrap_or_default().to_string()
+    };
+    let (linux, initrd, uki) = (path_of("/linux"), path_of("/initrd"), path_of(".efi"));
+    let image = if set.uki {
+        EntryImage::Uki { efi: &uki }
+    } else {
+        EntryImage::Linux { linux: &linux, initrd: &initrd, options: cmdline }
+    };
+    edgeimg_proto::slot::systemd_boot_entry(slot, title, generation, &image)
+}
+
+/// The files that boot each slot: the payload's boot artifacts and where each slot puts them.
+#[derive(Debug, Clone)]
+pub struct BootSet {
+    /// Payload artifact name → file.
+    pub artifacts: Vec<(String, PathBuf)>,
+    /// Per slot: (artifact, absolute path on the boot partition).
+    pub slots: BTreeMap<Slot, Vec<(String, String)>>,
+    /// Each slot boots a signed unified kernel image.
+    pub uki: bool,
+}
+
+/// The kernel, initrd and command line of each slot, as the boot partition holds them:
+/// one kernel + initrd pair shared by both slots (each entry carries its command line), or
+/// with Secure Boot one signed UKI per slot (the command line is inside, under the signature).
+pub fn boot_set(
+    work: &Path,
+    tree: &Path,
+    board: &Board,
+    kernel: &KernelFiles,
+    cmdlines: &BTreeMap<Slot, String>,
+    os_release: &[u8],
+    secure_boot: Option<(&SecureBoot, &Path)>,
+) -> Result<BootSet, BootError> {
+    let Some((sb, recipe_dir)) = secure_boot else {
+        let artifacts =
+            vec![("linux".to_string(), kernel.kernel.clone()), ("initrd".to_string(), kernel.initrd.clone())];
+        let slots = Slot::ALL
+            .iter()
+            .map(|&s| {
+                let d = s.boot_dir();
+                (s, vec![("linux".into(), format!("{d}/linux")), ("initrd".into(), format!("{d}/initrd"))])
+            })
+            .collect();
+        return Ok(BootSet { artifacts, slots, uki: false });
+    };
+    let stub_name = match board.arch {
+        Arch::Amd64 => "linuxx64.efi.stub",
+        Arch::Arm64 => "linuxaa64.efi.stub",
+    };
+    let stub = in_root(tree, &format!("/usr/lib/systemd/boot/efi/{stub_name}"));
+    if !stub.exists() {
+        return Err(BootError::Missing(format!("/usr/lib/systemd/boot/efi/{stub_name} (package systemd-boot-efi)")));
+    }
+    let dir = work.join("uki");
+    fs::create_dir_all(&dir)?;
+    let mut set = BootSet { artifacts: Vec::new(), slots: BTreeMap::new(), uki: true };
+    for &slot in &Slot::ALL {
+        let name = format!("uki-{}.efi", slot.letter());
+        let unsigned = dir.join(format!("{name}.unsigned"));
+        super::uki::assemble(
+            &super::uki::UkiInput {
+                stub: &stub,
+                kernel: &kernel.kernel,
+                initrd: &kernel.initrd,
+                cmdline: &cmdlines[&slot],
+                os_release,
+                uname: &kernel.version,
+            },
+            &unsigned,
+        )?;
+        let signed = dir.join(&name);
+        sign(sb, recipe_dir, &unsigned, &signed)?;
+        fs::remove_file(&unsigned)?;
+        set.artifacts.push((name.clone(), signed));
+        set.slots.insert(slot, vec![(name, format!("{}/uki.efi", slot.boot_dir()))]);
+    }
+    Ok(set)
+}
+
+/// Sign an EFI image with the recipe's db key (sbsign; deterministic for the same input).
+pub fn sign(sb: &SecureBoot, recipe_dir: &Path, input: &Path, output: &Path) -> Result<(), BootError> {
+    Cmd::new("sbsign")
+        .arg("--key")
+        .arg(recipe_dir.join(&sb.key))
+        .arg("--cert")
+        .arg(recipe_dir.join(&sb.cert))
+        .arg("--output")
+        .arg(output)
+        .arg(input)
+        .run()?;
+    Ok(())
 }
 
 fn efi_names(arch: Arch) -> (&'static str, &'static str) {
@@ -121,19 +214,28 @@ fn efi_names(arch: Arch) -> (&'static str, &'static str) {
     }
 }
 
+/// Where the loader goes on the ESP: systemd-boot's own path and the removable-media
+/// fallback path that firmware boots without any boot variable.
+pub fn loader_paths(arch: Arch) -> [String; 2] {
+    let (loader, fallback) = efi_names(arch);
+    [format!("/EFI/systemd/{loader}"), format!("/EFI/BOOT/{fallback}")]
+}
+
 pub struct EspInput<'a> {
     pub board: &'a Board,
     pub board_file: &'a str,
     pub tree: &'a Path,
-    pub kernel: &'a KernelFiles,
+    pub boot: &'a BootSet,
     pub title: &'a str,
     pub cmdline_a: &'a str,
     pub epoch: u64,
+    /// Sign the loader for Secure Boot with this key (recipe directory for its paths).
+    pub secure_boot: Option<(&'a SecureBoot, &'a Path)>,
 }
 
 /// Build the ESP as a FAT32 image file with slot A installed and blessed.
 pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError> {
-    let (loader, fallback) = efi_names(input.board.arch);
+    let (loader, _) = efi_names(input.board.arch);
     let loader_src = in_root(input.tree, &format!("/usr/lib/systemd/boot/efi/{loader}"));
     if !loader_src.exists() {
         return Err(BootError::Missing(format!("/usr/lib/systemd/boot/efi/{loader} (package systemd-boot-efi)")));
@@ -141,9 +243,19 @@ pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError>
     let staging = out.join("esp-staging");
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)?;
-    let loader_bytes = fs::read(&loader_src)?;
-    write_file(&staging, &format!("/EFI/BOOT/{fallback}"), &loader_bytes, 0o644)?;
-    write_file(&staging, &format!("/EFI/systemd/{loader}"), &loader_bytes, 0o644)?;
+    let loader_bytes = match input.secure_boot {
+        Some((sb, dir)) => {
+            let signed = out.join(loader);
+            sign(sb, dir, &loader_src, &signed)?;
+            let b = fs::read(&signed)?;
+            fs::remove_file(&signed)?;
+            b
+        }
+        None => fs::read(&loader_src)?,
+    };
+    for path in loader_paths(input.board.arch) {
+        write_file(&staging, &path, &loader_bytes, 0o644)?;
+    }
     write_file(
         &staging,
         "/loader/loader.conf",
@@ -163,19 +275,28 @@ pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError>
     write_file(
         &staging,
         &format!("/loader/entries/{}.conf", Slot::A.entry_id()),
-        sd_boot_entry(Slot::A, input.title, 1, input.cmdline_a),
+        sd_boot_entry(Slot::A, input.title, 1, input.boot, input.cmdline_a),
         0o644,
     )?;
-    let dir = Slot::A.boot_dir();
-    fs::create_dir_all(in_root(&staging, &dir))?;
-    fs::copy(&input.kernel.kernel, in_root(&staging, &format!("{dir}/linux")))?;
-    fs::copy(&input.kernel.initrd, in_root(&staging, &format!("{dir}/initrd")))?;
+    let file_of = |artifact: &str| {
+        input.boot.artifacts.iter().find(|(n, _)| n == artifact).map(|(_, p)| p.clone()).unwrap_or_default()
+    };
+    let mut slot_bytes = 0;
+    for (artifact, dest) in &input.boot.slots[&Slot::A] {
+        let dest = in_root(&staging, dest);
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        slot_bytes += fs::copy(file_of(artifact), dest)?;
+    }
     fs::create_dir_all(in_root(&staging, &Slot::B.boot_dir()))?;
     clamp_mtimes(&staging, input.epoch as i64)?;
 
-    // Two kernels + initrds must fit, plus 10% slack for FAT overhead.
+    // An update writes the other slot's files while these stay: room for two more sets
+    // (the new files are written beside the old before they replace them), plus 10% slack
+    // for FAT overhead.
     let used = crate::fsutil::tree_size(&staging)?;
-    let need = (used + 2 * (input.kernel.kernel.metadata()?.len() + input.kernel.initrd.metadata()?.len())) * 11 / 10;
+    let need = (used + 2 * slot_bytes) * 11 / 10;
     let have = input.board.disk.esp_mib << 20;
     if need > have {
         return Err(BootError::TooBig {

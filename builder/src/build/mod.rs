@@ -12,6 +12,7 @@ mod outputs;
 pub mod report;
 pub mod rootfs;
 pub mod rootimg;
+pub mod uki;
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -173,6 +174,9 @@ pub fn build(opts: &BuildOptions, rep: &dyn Reporter) -> Result<Built, BuildErro
         None => recipe.recipe.image.version.clone(),
     };
     tools::require(&required_tools())?;
+    if recipe.recipe.secure_boot.is_some() {
+        tools::require(&[tools::SBSIGN])?;
+    }
     if !nix::unistd::geteuid().is_root() {
         return Err(BuildError::NotRoot);
     }
@@ -312,6 +316,9 @@ impl Ctx<'_> {
             &format!("{}/lib/dpkg", customize::system::FACTORY_VAR),
         ))?;
         let tree_bytes = crate::fsutil::tree_size(&tree).map_err(io_ctx("measuring the root tree"))?;
+        // A unified kernel image names the OS it boots (its .osrel section).
+        let os_release = fs::read(crate::fsutil::in_root(&tree, "/usr/lib/os-release"))
+            .map_err(io_ctx("reading the image's /usr/lib/os-release"))?;
         timings.insert(
             "customize",
             rep.finish("customize", t, format!("{} packages, kernel {}", debs.len(), kernel.version)),
@@ -342,16 +349,19 @@ impl Ctx<'_> {
         let title = format!("{} {}", recipe.image.name, self.version);
         let cmdlines: BTreeMap<Slot, String> =
             Slot::ALL.iter().map(|&s| (s, boot::cmdline(board, s, &root.roothash))).collect();
+        let secure_boot = recipe.secure_boot.as_ref().map(|sb| (sb, self.recipe.dir.as_path()));
+        let boot_set = boot::boot_set(&work, &base, board, &kernel, &cmdlines, &os_release, secure_boot)?;
         let esp = boot::esp_image(
             &work,
             &boot::EspInput {
                 board,
                 board_file: &board_file,
                 tree: &base,
-                kernel: &kernel,
+                boot: &boot_set,
                 title: &title,
                 cmdline_a: &cmdlines[&Slot::A],
                 epoch,
+                secure_boot,
             },
         )?;
         let data = disk::data_image(&work, board, epoch)?;
@@ -372,8 +382,9 @@ impl Ctx<'_> {
             rep.finish("disk", t, format!("{} MiB, {} partitions", table.size_bytes >> 20, table.partitions.len())),
         );
 
-        let payload = outputs::payload(self.staging, board, recipe, self.version, &build_id, &root, &kernel, &cmdlines)
-            .map_err(io_ctx("writing the update payload"))?;
+        let payload =
+            outputs::payload(self.staging, board, recipe, self.version, &build_id, &root, &boot_set, &cmdlines)
+                .map_err(io_ctx("writing the update payload"))?;
 
         let t = rep.start("compress", "disk.img.zst and disk.img.bmap");
         let bmap =
@@ -419,6 +430,15 @@ impl Ctx<'_> {
             disk_mapped_bytes: bmap.mapped_bytes(),
             timings,
             staging: self.staging,
+            secure_boot: recipe.secure_boot.as_ref().map(|sb| {
+                let mut signed = boot::loader_paths(board.arch).to_vec();
+                signed.extend(boot_set.slots.values().flatten().map(|(_, path)| path.clone()));
+                serde_json::json!({
+                    "cert": self.recipe.dir.join(&sb.cert).display().to_string(),
+                    "signed": signed,
+                    "unified_kernel_images": boot_set.uki,
+                })
+            }),
         })
         .map_err(io_ctx("writing the build report"))?;
         Ok(report)

@@ -9,7 +9,7 @@ use std::path::Path;
 use edgeimg_proto::payload::{Artifact, ArtifactKind, BootFile, Payload, SlotBoot, PAYLOAD_FORMAT};
 use edgeimg_proto::Slot;
 
-use super::boot::KernelFiles;
+use super::boot::BootSet;
 use super::file_digest;
 use super::rootimg::RootImage;
 use crate::bmap::Bmap;
@@ -25,15 +25,16 @@ pub fn payload(
     version: &str,
     build_id: &str,
     root: &RootImage,
-    kernel: &KernelFiles,
+    boot: &BootSet,
     cmdlines: &BTreeMap<Slot, String>,
 ) -> io::Result<Payload> {
     let dir = staging.join("payload");
     fs::create_dir_all(&dir)?;
     fs::rename(&root.image, dir.join("root.img"))?;
     fs::rename(&root.verity, dir.join("root.verity"))?;
-    fs::copy(&kernel.kernel, dir.join("linux"))?;
-    fs::copy(&kernel.initrd, dir.join("initrd"))?;
+    for (name, file) in &boot.artifacts {
+        fs::copy(file, dir.join(name))?;
+    }
     let artifact = |name: &str, kind: ArtifactKind, sha: Option<&str>| -> io::Result<Artifact> {
         let p = dir.join(name);
         let (size, sha256) = match sha {
@@ -42,20 +43,20 @@ pub fn payload(
         };
         Ok(Artifact { name: name.into(), kind, size, sha256 })
     };
-    let artifacts = vec![
+    let mut artifacts = vec![
         artifact("root.img", ArtifactKind::RootImage, Some(&root.image_sha256))?,
         artifact("root.verity", ArtifactKind::VerityTree, Some(&root.verity_sha256))?,
-        artifact("linux", ArtifactKind::BootFile, None)?,
-        artifact("initrd", ArtifactKind::BootFile, None)?,
     ];
+    for (name, _) in &boot.artifacts {
+        artifacts.push(artifact(name, ArtifactKind::BootFile, None)?);
+    }
     let slots = Slot::ALL
         .iter()
         .map(|&s| {
-            let d = s.boot_dir();
-            let files = vec![
-                BootFile { artifact: "linux".into(), path: format!("{d}/linux") },
-                BootFile { artifact: "initrd".into(), path: format!("{d}/initrd") },
-            ];
+            let files = boot.slots[&s]
+                .iter()
+                .map(|(artifact, path)| BootFile { artifact: artifact.clone(), path: path.clone() })
+                .collect();
             (s, SlotBoot { cmdline: cmdlines[&s].clone(), files })
         })
         .collect();

@@ -32,6 +32,11 @@ pub fn inputs(board: &Source, recipe: &LoadedRecipe) -> io::Result<Vec<InputFile
             sha256: sha256_bytes(recipe.source.text.as_bytes()),
         },
     ];
+    if let Some(sb) = &recipe.recipe.secure_boot {
+        // The certificate, not the private key: the key's hash has no business in a report.
+        let p = recipe.dir.join(&sb.cert);
+        v.push(InputFile { path: p.display().to_string(), sha256: sha256_file(&p)? });
+    }
     for f in &recipe.recipe.files {
         if let Some(s) = &f.source {
             let p = recipe.dir.join(s);
@@ -115,6 +120,8 @@ pub struct Report {
     pub outputs: Vec<OutputFile>,
     /// K3s, its airgap archive and the pre-pulled images (null without [k3s]).
     pub k3s: Option<super::k3s::Installed>,
+    /// What was signed for Secure Boot and with which certificate (null without [secure_boot]).
+    pub secure_boot: Option<serde_json::Value>,
 }
 
 pub struct ReportInput<'a> {
@@ -137,6 +144,7 @@ pub struct ReportInput<'a> {
     pub disk_mapped_bytes: u64,
     pub timings: BTreeMap<&'static str, f64>,
     pub staging: &'a Path,
+    pub secure_boot: Option<serde_json::Value>,
 }
 
 fn tool_versions() -> BTreeMap<String, String> {
@@ -236,6 +244,7 @@ impl Report {
             timings_seconds: i.timings.into_iter().map(|(k, v)| (k.to_string(), (v * 10.0).round() / 10.0)).collect(),
             outputs,
             k3s: i.customize.k3s.clone(),
+            secure_boot: i.secure_boot,
         };
         let mut sums = String::new();
         for o in &report.outputs {

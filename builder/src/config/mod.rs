@@ -3,6 +3,7 @@
 pub mod board;
 pub mod k3s;
 pub mod recipe;
+pub mod secure_boot;
 pub mod source;
 pub mod updater;
 

@@ -30,6 +30,9 @@ pub struct Recipe {
     /// How devices take updates (see config/updater.rs).
     #[serde(default)]
     pub updater: super::updater::Updater,
+    /// Sign the boot chain for UEFI Secure Boot (see config/secure_boot.rs).
+    #[serde(default)]
+    pub secure_boot: Option<super::secure_boot::SecureBoot>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -359,6 +362,9 @@ impl Recipe {
             return Err(src.error_at("journal.max_use", "expected a size such as \"128M\" or \"1G\""));
         }
         self.updater.validate(src, dir)?;
+        if let Some(sb) = &self.secure_boot {
+            sb.validate(src, dir)?;
+        }
         for (key, url) in [("updater.server", &self.updater.server), ("updater.repository", &self.updater.repository)] {
             if url.as_deref().is_some_and(|u| u.starts_with("https://"))
                 && !self.debian.packages.iter().any(|p| p == "ca-certificates")

@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use edgeimg_proto::slot::systemd_boot_entry;
+use edgeimg_proto::slot::{systemd_boot_entry, EntryImage};
 use edgeimg_proto::Slot;
 
 use super::{io, slot_from_cmdline, write_boot_file, BootBackend, BootError, BootFiles, SlotStatus};
@@ -118,10 +118,29 @@ impl BootBackend for SystemdBoot {
             files.files.iter().map(|(_, d)| d.as_str()).find(|d| d.ends_with(suffix)).unwrap_or_default().to_string()
         };
         let version = self.entries()?.iter().map(|e| e.version).max().unwrap_or(0) + 1;
-        let text =
-            systemd_boot_entry(slot, &files.title, version, &path_of("linux"), &path_of("initrd"), &files.cmdline);
+        let (linux, initrd, uki) = (path_of("/linux"), path_of("/initrd"), path_of(".efi"));
+        // A signed unified kernel image carries its own command line (Secure Boot images).
+        let image = if uki.is_empty() {
+            EntryImage::Linux { linux: &linux, initrd: &initrd, options: &files.cmdline }
+        } else {
+            EntryImage::Uki { efi: &uki }
+        };
+        let text = systemd_boot_entry(slot, &files.title, version, &image);
         // Any stale entry for the slot goes first; the new one appears by rename, complete.
         self.disarm(slot)?;
+        // Files of an older layout in the slot's directories (a kernel and initrd when the
+        // new release boots a signed UKI, or the reverse) would only fill the ESP.
+        let keep: Vec<PathBuf> = files.files.iter().map(|(_, d)| self.esp.join(d.trim_start_matches('/'))).collect();
+        let mut dirs: Vec<&Path> = keep.iter().filter_map(|p| p.parent()).collect();
+        dirs.dedup();
+        for dir in dirs {
+            for e in std::fs::read_dir(dir).map_err(io(dir))?.flatten() {
+                let p = e.path();
+                if p.is_file() && !keep.contains(&p) {
+                    std::fs::remove_file(&p).map_err(io(&p))?;
+                }
+            }
+        }
         let dest = self.entries_dir().join(format!("{}+{tries}.conf", slot.entry_id()));
         crate::fsutil::atomic_write(&dest, text.as_bytes(), 0o644).map_err(io(&dest))?;
         self.sync()
@@ -234,7 +253,16 @@ mod tests {
         std::fs::create_dir_all(esp.join("loader/entries")).unwrap();
         std::fs::write(
             esp.join("loader/entries/slot-a.conf"),
-            systemd_boot_entry(Slot::A, "t", 1, "/edgeimg/slot-a/linux", "/edgeimg/slot-a/initrd", "edgeimg.slot=a"),
+            systemd_boot_entry(
+                Slot::A,
+                "t",
+                1,
+                &EntryImage::Linux {
+                    linux: "/edgeimg/slot-a/linux",
+                    initrd: "/edgeimg/slot-a/initrd",
+                    options: "edgeimg.slot=a",
+                },
+            ),
         )
         .unwrap();
         std::fs::write(d.path().join("cmdline"), "ro edgeimg.slot=a\n").unwrap();
@@ -271,6 +299,29 @@ mod tests {
         b.mark_good(Slot::B).unwrap();
         assert!(!b.is_trial().unwrap());
         assert_eq!(simulate_boot(&b.esp), Some(Slot::B));
+        assert_eq!(simulate_boot(&b.esp), Some(Slot::B));
+    }
+
+    #[test]
+    fn a_signed_uki_gets_an_efi_entry_without_options() {
+        let (d, b) = setup();
+        std::fs::write(d.path().join("uki-b.efi"), b"MZ signed uki").unwrap();
+        let files = BootFiles {
+            cmdline: "ro roothash=abc edgeimg.slot=b".into(),
+            files: vec![(d.path().join("uki-b.efi"), "/edgeimg/slot-b/uki.efi".into())],
+            title: "edge 2.0.0".into(),
+        };
+        // Slot B held an unsigned release before: its kernel and initrd go.
+        b.stage(Slot::B, &super::tests::files(d.path()), 1).unwrap();
+        assert!(b.esp.join("edgeimg/slot-b/linux").exists());
+        b.stage(Slot::B, &files, 1).unwrap();
+        assert_eq!(std::fs::read(b.esp.join("edgeimg/slot-b/uki.efi")).unwrap(), b"MZ signed uki");
+        assert!(!b.esp.join("edgeimg/slot-b/linux").exists() && !b.esp.join("edgeimg/slot-b/initrd").exists());
+        let entry = std::fs::read_to_string(b.esp.join("loader/entries/slot-b+1.conf")).unwrap();
+        assert!(entry.contains("\nefi        /edgeimg/slot-b/uki.efi\n"), "{entry}");
+        // Under Secure Boot the stub ignores loader options; giving none keeps the signed
+        // command line the only one.
+        assert!(!entry.contains("options") && !entry.contains("linux "), "{entry}");
         assert_eq!(simulate_boot(&b.esp), Some(Slot::B));
     }
 

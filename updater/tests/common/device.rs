@@ -8,7 +8,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use edgeimg_proto::slot::systemd_boot_entry;
+use edgeimg_proto::slot::{systemd_boot_entry, EntryImage};
 use edgeimg_proto::Slot;
 use sha2::{Digest, Sha256};
 
@@ -46,9 +46,11 @@ impl Device {
                 Slot::A,
                 "edge",
                 1,
-                "/edgeimg/slot-a/linux",
-                "/edgeimg/slot-a/initrd",
-                "ro edgeimg.slot=a",
+                &EntryImage::Linux {
+                    linux: "/edgeimg/slot-a/linux",
+                    initrd: "/edgeimg/slot-a/initrd",
+                    options: "ro edgeimg.slot=a",
+                },
             ),
         );
         std::fs::create_dir_all(root.join("slots")).unwrap();
