@@ -18,13 +18,29 @@ pub const RELEASE_PCR: u8 = 15;
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TpmIdentity {
-    /// Endorsement key, public part (hex of the marshalled TPMT_PUBLIC).
+    /// Endorsement key (TCG template L-2, ECC P-256): uncompressed point, hex.
     pub ek: String,
     /// Attestation key: uncompressed P-256 point, hex.
     pub ak: String,
+    /// The AK's marshalled TPMT_PUBLIC (hex): its hash is the AK's TPM name, which the
+    /// server's credential is made for (see `credential`). Devices from before AK binding
+    /// send none and stay unbound.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ak_public: Option<String>,
     /// EK certificate (hex DER) where the TPM has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ek_cert: Option<String>,
+}
+
+/// The server's challenge that binds a device's AK to its EK: the device runs
+/// TPM2_ActivateCredential and sends the recovered secret back in its next report.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CredentialChallenge {
+    /// TPM2B_ID_OBJECT contents (hex).
+    pub id_object: String,
+    /// TPM2B_ENCRYPTED_SECRET contents (hex).
+    pub encrypted_secret: String,
 }
 
 /// A quote answering the server's nonce, carried in a report.

@@ -3,6 +3,7 @@
 
 pub mod attest;
 pub mod channel;
+pub mod credential;
 pub mod k3s;
 pub mod payload;
 pub mod provision;

@@ -98,6 +98,10 @@ pub struct Report {
     /// TPM quote for the server's latest nonce.
     #[serde(default)]
     pub attestation: Option<crate::attest::Attestation>,
+    /// The secret recovered from the server's credential challenge (hex): proof that the
+    /// attestation key is in the TPM of the enrolled EK.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential_secret: Option<String>,
 }
 
 /// What the server answers to a report.
@@ -106,6 +110,9 @@ pub struct ReportReply {
     /// A fresh nonce the device should quote with its TPM in its next report.
     #[serde(default)]
     pub attest_nonce: Option<String>,
+    /// Bind the attestation key first: activate this credential, send the secret back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credential: Option<crate::attest::CredentialChallenge>,
 }
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -88,6 +88,7 @@ fn report_for(d: &Dev, seq: u64) -> Report {
         ],
         last_error: None,
         attestation: None,
+        credential_secret: None,
     }
 }
 

@@ -426,6 +426,8 @@ mod tests {
             enrolled_at: 0,
             approved_at: None,
             tpm: true,
+            ak_bound_at: Some(0),
+            ek_certificate: false,
             attestation: Some(crate::db::AttestationState {
                 result: "failed".into(),
                 detail: "<b>forged</b>".into(),

@@ -111,6 +111,8 @@ mod tests {
             enrolled_at: 0,
             approved_at: None,
             tpm: false,
+            ak_bound_at: None,
+            ek_certificate: false,
             attestation: None,
         }
     }

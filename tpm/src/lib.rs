@@ -8,6 +8,9 @@
 //!   private part is wrapped by the TPM: useless anywhere else).
 //! - **Quote** PCRs with a server nonce; [`edgeimg_proto::attest`] verifies it on the server.
 //! - **Security floor** in TPM NV storage: an 8-byte index that edgeimg only ever raises.
+//! - **AK binding**: TPM2_ActivateCredential recovers the server's secret, encrypted to the
+//!   EK for the AK's name ([`edgeimg_proto::credential`]): proof that the AK is in this TPM.
+//! - **EK certificate** from the TCG NV index where the TPM maker put one.
 //!
 //! PCR 15: PCRs 0–7 belong to the firmware, 8–9 to the boot loader and initrd, 10 to IMA,
 //! 11 to systemd-stub (the UKI), 12–14 to the kernel command line, system extensions and
@@ -22,13 +25,16 @@ use sha2::{Digest as _, Sha256};
 
 use tss_esapi::abstraction::{ak, ek, AsymmetricAlgorithmSelection};
 use tss_esapi::attributes::NvIndexAttributesBuilder;
-use tss_esapi::handles::{KeyHandle, NvIndexHandle, NvIndexTpmHandle, PcrHandle, TpmHandle};
+use tss_esapi::attributes::SessionAttributesBuilder;
+use tss_esapi::constants::SessionType;
+use tss_esapi::handles::{AuthHandle, KeyHandle, NvIndexHandle, NvIndexTpmHandle, PcrHandle, TpmHandle};
 use tss_esapi::interface_types::algorithm::{HashingAlgorithm, SignatureSchemeAlgorithm};
 use tss_esapi::interface_types::ecc::EccCurve;
 use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
+use tss_esapi::interface_types::session_handles::PolicySession;
 use tss_esapi::structures::{
-    Data, Digest, DigestValues, MaxNvBuffer, NvPublicBuilder, PcrSelectionListBuilder, PcrSlot, Private, Public,
-    Signature, SignatureScheme,
+    Data, Digest, DigestValues, EncryptedSecret, IdObject, MaxNvBuffer, NvPublicBuilder, PcrSelectionListBuilder,
+    PcrSlot, Private, Public, Signature, SignatureScheme, SymmetricDefinition,
 };
 use tss_esapi::tcti_ldr::TctiNameConf;
 use tss_esapi::traits::{Marshall, UnMarshall};
@@ -36,6 +42,9 @@ use tss_esapi::Context;
 
 /// The NV index of the security floor (owner range, "ED6" + 0x16).
 pub const FLOOR_NV_INDEX: u32 = 0x0145_4416;
+/// Where TPM makers store the certificate of the ECC P-256 EK (TCG EK Credential Profile
+/// 2.0 §2.2.1.4, low range).
+pub const EK_CERT_ECC_NV_INDEX: u32 = 0x01c0_000a;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TpmError {
@@ -239,6 +248,99 @@ impl Tpm {
         Ok(Quote { attest: attest.marshall().map_err(tpm("marshalling the quote"))?, signature, signature_tpmt })
     }
 
+    /// TPM2_ActivateCredential: recover the secret the server encrypted to this TPM's EK for
+    /// the attestation key's name. Fails (integrity error) if the credential was made for
+    /// another EK or another key.
+    pub fn activate_credential(
+        &mut self,
+        dir: &Path,
+        id_object: &[u8],
+        encrypted_secret: &[u8],
+    ) -> Result<Vec<u8>, TpmError> {
+        let blob = IdObject::try_from(id_object.to_vec()).map_err(tpm("the credential blob"))?;
+        let secret = EncryptedSecret::try_from(encrypted_secret.to_vec()).map_err(tpm("the encrypted secret"))?;
+        let (ak, _) = self.load_ak(dir)?;
+        let ek = match self.endorsement_key() {
+            Ok(ek) => ek,
+            Err(e) => {
+                let _ = self.ctx.flush_context(ak.into());
+                return Err(e);
+            }
+        };
+        let r = self.activate(ak, ek, blob, secret);
+        let _ = self.ctx.flush_context(ak.into());
+        let _ = self.ctx.flush_context(ek.into());
+        r.map(|d| d.value().to_vec())
+    }
+
+    /// The EK's policy is PolicySecret(endorsement hierarchy): the AK is used with a plain
+    /// HMAC session (empty auth), the EK with a policy session that satisfies it.
+    fn activate(
+        &mut self,
+        ak: KeyHandle,
+        ek: KeyHandle,
+        blob: IdObject,
+        secret: EncryptedSecret,
+    ) -> Result<Digest, TpmError> {
+        let (attrs, mask) = SessionAttributesBuilder::new().build();
+        let mut sessions = Vec::new();
+        for kind in [SessionType::Hmac, SessionType::Policy] {
+            let s = self
+                .ctx
+                .start_auth_session(None, None, None, kind, SymmetricDefinition::AES_128_CFB, HashingAlgorithm::Sha256)
+                .map_err(tpm("starting a session"))?
+                .ok_or(TpmError::Tpm {
+                    what: "starting a session",
+                    source: tss_esapi::Error::WrapperError(tss_esapi::WrapperErrorKind::WrongValueFromTpm),
+                })?;
+            self.ctx.tr_sess_set_attributes(s, attrs, mask).map_err(tpm("session attributes"))?;
+            sessions.push(s);
+        }
+        let (hmac, policy) = (sessions[0], sessions[1]);
+        let r = (|| {
+            let ps = PolicySession::try_from(policy).map_err(tpm("policy session"))?;
+            self.ctx
+                .execute_with_session(Some(hmac), |ctx| {
+                    ctx.policy_secret(
+                        ps,
+                        AuthHandle::Endorsement,
+                        Default::default(),
+                        Default::default(),
+                        Default::default(),
+                        None,
+                    )
+                })
+                .map_err(tpm("satisfying the EK policy"))?;
+            self.ctx
+                .execute_with_sessions((Some(hmac), Some(policy), None), |ctx| {
+                    ctx.activate_credential(ak, ek, blob, secret)
+                })
+                .map_err(tpm("activating the credential (made for another TPM or key?)"))
+        })();
+        for s in sessions {
+            let _ = self.ctx.flush_context(tss_esapi::handles::SessionHandle::from(s).into());
+        }
+        r
+    }
+
+    /// The EK certificate (DER) from the TPM maker's NV index, if the TPM has one.
+    pub fn ek_certificate(&mut self) -> Result<Option<Vec<u8>>, TpmError> {
+        let index = NvIndexTpmHandle::new(EK_CERT_ECC_NV_INDEX).map_err(tpm("NV index"))?;
+        let defined = tss_esapi::abstraction::nv::list(&mut self.ctx)
+            .map_err(tpm("listing NV indices"))?
+            .iter()
+            .any(|(public, _)| public.nv_index() == index);
+        if !defined {
+            return Ok(None);
+        }
+        let der = self
+            .ctx
+            .execute_with_nullauth_session(|ctx| tss_esapi::abstraction::nv::read_full(ctx, NvAuth::Owner, index))
+            .map_err(tpm("reading the EK certificate"))?;
+        // Some makers pad the index; a DER SEQUENCE says its own length.
+        Ok(Some(der_prefix(&der).to_vec()))
+    }
+
     fn floor_handle(&mut self) -> Result<Option<NvIndexHandle>, TpmError> {
         let index = NvIndexTpmHandle::new(FLOOR_NV_INDEX).map_err(tpm("NV index"))?;
         // Listed first (a capability query): asking for an undefined index is an error
@@ -301,6 +403,22 @@ impl Tpm {
             .execute_with_nullauth_session(|ctx| ctx.nv_write(NvAuth::Owner, h, data, 0))
             .map_err(tpm("writing the security floor"))?;
         Ok(version)
+    }
+}
+
+/// The DER object at the start of `b` (the whole of `b` if its header does not parse).
+fn der_prefix(b: &[u8]) -> &[u8] {
+    let len = match (b.first(), b.get(1)) {
+        (Some(0x30), Some(&l)) if l < 0x80 => Some(2 + l as usize),
+        (Some(0x30), Some(&l)) if (0x81..=0x84).contains(&l) => {
+            let n = (l & 0x7f) as usize;
+            b.get(2..2 + n).map(|x| 2 + n + x.iter().fold(0usize, |a, &d| (a << 8) | d as usize))
+        }
+        _ => None,
+    };
+    match len {
+        Some(n) if n <= b.len() => &b[..n],
+        _ => b,
     }
 }
 

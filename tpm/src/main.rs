@@ -41,6 +41,18 @@ enum Command {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Recover the server's credential secret (TPM2_ActivateCredential): proves that the AK
+    /// in --dir is in the TPM that holds the EK.
+    Activate {
+        #[arg(long)]
+        dir: PathBuf,
+        /// TPM2B_ID_OBJECT contents (hex).
+        #[arg(long)]
+        id_object: String,
+        /// TPM2B_ENCRYPTED_SECRET contents (hex).
+        #[arg(long)]
+        secret: String,
+    },
     /// Quote PCR 15 with a nonce (hex).
     Quote {
         #[arg(long)]
@@ -66,7 +78,17 @@ fn run(cli: Cli) -> Result<serde_json::Value, String> {
         Command::Keys { dir } => {
             let ek = tpm.endorsement_public().map_err(e)?;
             let ak = tpm.attestation_key(&dir).map_err(e)?;
-            json!({"ek": hex::encode(ek), "ak": hex::encode(ak.sec1)})
+            // A missing or unreadable EK certificate is not fatal: many TPMs have none.
+            let ek_cert = tpm.ek_certificate().ok().flatten().map(hex::encode);
+            json!({"ek": hex::encode(ek), "ak": hex::encode(ak.sec1), "ak_public": hex::encode(ak.tpmt_public),
+                   "ek_cert": ek_cert})
+        }
+        Command::Activate { dir, id_object, secret } => {
+            let unhex = |name: &str, v: &str| hex::decode(v).map_err(|_| format!("--{name}: not hex"));
+            let s = tpm
+                .activate_credential(&dir, &unhex("id-object", &id_object)?, &unhex("secret", &secret)?)
+                .map_err(e)?;
+            json!({"secret": hex::encode(s)})
         }
         Command::Quote { dir, nonce } => {
             let nonce = hex::decode(&nonce).map_err(|_| format!("--nonce {nonce}: not hex"))?;

@@ -146,3 +146,102 @@ fn no_tpm_is_a_clear_error() {
     let m = e.to_string();
     assert!(m.contains("/nonexistent/tpmrm0 does not exist") && m.contains("cannot attest"), "{m}");
 }
+
+/// The server's software MakeCredential (edgeimg_proto::credential) against the TPM's
+/// ActivateCredential: the secret comes back only for this TPM's EK and this AK's name.
+#[test]
+fn credential_activation_binds_the_ak_to_the_ek() {
+    use edgeimg_proto::credential::{check_ak_public, make_credential, name, CredentialError};
+    let s = setup();
+    let sw = Swtpm::start(&s.state);
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
+    let ek = tpm.endorsement_public().unwrap();
+    let ak = tpm.attestation_key(&s.ak_dir).unwrap();
+    check_ak_public(&ak.tpmt_public, &ak.sec1).unwrap();
+    let secret = *b"0123456789abcdef0123456789abcdef";
+    let c = make_credential(&ek, &name(&ak.tpmt_public), &secret, &[0x42; 32]).unwrap();
+    assert_eq!(tpm.activate_credential(&s.ak_dir, &c.id_object, &c.encrypted_secret).unwrap(), secret);
+
+    // Made for another key's name (a key the device claims is its AK but is not this one):
+    // the TPM refuses (integrity check of the credential fails).
+    let other_dir = s.ak_dir.with_file_name("other-ak");
+    let other = tpm.attestation_key(&other_dir).unwrap();
+    let c2 = make_credential(&ek, &name(&other.tpmt_public), &secret, &[0x43; 32]).unwrap();
+    assert!(tpm.activate_credential(&s.ak_dir, &c2.id_object, &c2.encrypted_secret).is_err());
+
+    // Made for another TPM's EK: this TPM cannot decrypt it.
+    let s2 = setup();
+    let sw2 = Swtpm::start(&s2.state);
+    let mut tpm2 = Tpm::open(&sw2.tcti()).unwrap();
+    let ek2 = tpm2.endorsement_public().unwrap();
+    assert_ne!(ek, ek2);
+    let c3 = make_credential(&ek2, &name(&ak.tpmt_public), &secret, &[0x44; 32]).unwrap();
+    assert!(tpm.activate_credential(&s.ak_dir, &c3.id_object, &c3.encrypted_secret).is_err());
+    // ... while the TPM it was made for recovers it for its own AK of that name only.
+    assert!(tpm2.activate_credential(&s2.ak_dir, &c3.id_object, &c3.encrypted_secret).is_err());
+
+    // The server's checks of the AK's public area.
+    assert_eq!(check_ak_public(&ak.tpmt_public, &other.sec1), Err(CredentialError::AkMismatch));
+    let mut tampered = ak.tpmt_public.clone();
+    tampered[7] &= !(1 << 1); // fixedTPM cleared (attributes are bytes 4..8, big-endian)
+    assert!(matches!(check_ak_public(&tampered, &ak.sec1), Err(CredentialError::AkAttributes(_))));
+
+    // The EK certificate: swtpm started without swtpm_setup has none.
+    assert_eq!(tpm.ek_certificate().unwrap(), None);
+}
+
+/// A TPM whose maker stored an EK certificate (written here the way a manufacturer does,
+/// at the TCG index for the ECC P-256 EK, padded as some makers do): it is read back whole
+/// and without the padding.
+#[test]
+fn the_ek_certificate_is_read_from_its_nv_index() {
+    use tss_esapi::attributes::NvIndexAttributesBuilder;
+    use tss_esapi::handles::NvIndexTpmHandle;
+    use tss_esapi::interface_types::algorithm::HashingAlgorithm;
+    use tss_esapi::interface_types::resource_handles::{NvAuth, Provision};
+    use tss_esapi::structures::{MaxNvBuffer, NvPublicBuilder};
+
+    let s = setup();
+    let sw = Swtpm::start(&s.state);
+    let pem =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../keys-example/secureboot/db.crt")).unwrap();
+    let der = Command::new("openssl")
+        .args(["x509", "-outform", "DER"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            use std::io::Write;
+            c.stdin.take().unwrap().write_all(pem.as_bytes())?;
+            c.wait_with_output()
+        })
+        .unwrap()
+        .stdout;
+    assert_eq!(der[0], 0x30, "openssl wrote DER");
+    let mut stored = der.clone();
+    stored.resize(der.len() + 100, 0xff);
+    {
+        let mut ctx = tss_esapi::Context::new(sw.tcti().parse().unwrap()).unwrap();
+        let attrs = NvIndexAttributesBuilder::new()
+            .with_owner_write(true)
+            .with_owner_read(true)
+            .with_auth_read(true)
+            .with_no_da(true)
+            .build()
+            .unwrap();
+        let public = NvPublicBuilder::new()
+            .with_nv_index(NvIndexTpmHandle::new(edgeimg_tpm::EK_CERT_ECC_NV_INDEX).unwrap())
+            .with_index_name_algorithm(HashingAlgorithm::Sha256)
+            .with_index_attributes(attrs)
+            .with_data_area_size(stored.len())
+            .build()
+            .unwrap();
+        let h = ctx.execute_with_nullauth_session(|c| c.nv_define_space(Provision::Owner, None, public)).unwrap();
+        for (i, chunk) in stored.chunks(512).enumerate() {
+            let data = MaxNvBuffer::try_from(chunk.to_vec()).unwrap();
+            ctx.execute_with_nullauth_session(|c| c.nv_write(NvAuth::Owner, h, data, (i * 512) as u16)).unwrap();
+        }
+    }
+    let mut tpm = Tpm::open(&sw.tcti()).unwrap();
+    assert_eq!(tpm.ek_certificate().unwrap(), Some(der));
+}

@@ -74,13 +74,28 @@ pub async fn report(agent: &Agent) -> Result<(), AgentError> {
     }
     let mut events = events.into_iter();
     let mut nonce: Option<String> = None;
-    let mut attested = false;
+    let mut challenge: Option<edgeimg_proto::attest::CredentialChallenge> = None;
+    let (mut attested, mut activated) = (false, false);
     loop {
-        // Pending events first (one report each), then a quote if the server asked for one.
-        let (ev, attestation) = match events.next() {
-            Some(ev) => (ev, None),
-            None => match (nonce.take(), &tpm) {
-                (Some(n), Some(t)) if !attested => {
+        // Pending events first (one report each), then the answer to a credential challenge
+        // (binds the AK to the EK), then a quote if the server asked for one.
+        let (ev, attestation, credential_secret) = match events.next() {
+            Some(ev) => (ev, None, None),
+            None => match (challenge.take(), nonce.take(), &tpm) {
+                (Some(c), _, Some(t)) if !activated => {
+                    activated = true;
+                    match t.activate(&tpm_dir, &c) {
+                        Ok(secret) => {
+                            tracing::info!("binding the attestation key to the TPM's endorsement key");
+                            (None, None, Some(secret))
+                        }
+                        Err(e) => {
+                            tracing::warn!("the server's credential challenge: {e}");
+                            break;
+                        }
+                    }
+                }
+                (_, Some(n), Some(t)) if !attested => {
                     attested = true;
                     match t.quote(&tpm_dir, &n) {
                         Ok(a) => {
@@ -89,7 +104,7 @@ pub async fn report(agent: &Agent) -> Result<(), AgentError> {
                                 running.image,
                                 running.version
                             );
-                            (None, Some(a))
+                            (None, Some(a), None)
                         }
                         Err(e) => {
                             tracing::warn!("the server asked for a TPM quote: {e}");
@@ -118,9 +133,11 @@ pub async fn report(agent: &Agent) -> Result<(), AgentError> {
             health: crate::health::load(&agent.settings.state_dir, &boot_id),
             last_error: p.last_error.clone(),
             attestation,
+            credential_secret,
         };
         let reply = client.report(&r).await.map_err(|e| AgentError::Other(e.to_string()))?;
         nonce = reply.attest_nonce;
+        challenge = reply.credential;
         if ev.is_some() {
             p.pending_events.remove(0);
             agent.dir.save(&p)?;

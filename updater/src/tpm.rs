@@ -6,7 +6,7 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use edgeimg_proto::attest::{Attestation, TpmIdentity};
+use edgeimg_proto::attest::{Attestation, CredentialChallenge, TpmIdentity};
 
 use crate::config::Settings;
 
@@ -84,7 +84,26 @@ impl TpmTool {
     /// first use; its TPM-wrapped blobs are kept in `dir`).
     pub fn identity(&self, dir: &Path) -> Result<TpmIdentity, String> {
         let v = self.call(&["keys", "--dir", &dir.display().to_string()])?;
-        Ok(TpmIdentity { ek: text(&v, "keys", "ek")?, ak: text(&v, "keys", "ak")?, ek_cert: None })
+        Ok(TpmIdentity {
+            ek: text(&v, "keys", "ek")?,
+            ak: text(&v, "keys", "ak")?,
+            ak_public: Some(text(&v, "keys", "ak_public")?),
+            ek_cert: v["ek_cert"].as_str().map(str::to_string),
+        })
+    }
+
+    /// Answer the server's credential challenge (TPM2_ActivateCredential); the secret, hex.
+    pub fn activate(&self, dir: &Path, c: &CredentialChallenge) -> Result<String, String> {
+        let v = self.call(&[
+            "activate",
+            "--dir",
+            &dir.display().to_string(),
+            "--id-object",
+            &c.id_object,
+            "--secret",
+            &c.encrypted_secret,
+        ])?;
+        text(&v, "activate", "secret")
     }
 
     /// Quote PCR 15 with the server's nonce (hex).

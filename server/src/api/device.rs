@@ -229,10 +229,9 @@ async fn report_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Repo
     } else {
         Vec::new()
     };
-    let mut nonce = [0u8; 32];
-    rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, &mut nonce);
-    let attest_nonce = match app.db.report(report, auth.public_key, app.now(), known, hex::encode(nonce)).await? {
-        ReportOutcome::Accepted { attest_nonce, attestation } => {
+    let fresh = crate::db::Fresh::random();
+    let (attest_nonce, credential) = match app.db.report(report, auth.public_key, app.now(), known, fresh).await? {
+        ReportOutcome::Accepted { attest_nonce, credential, attestation } => {
             match attestation {
                 Some(Ok(what)) => {
                     app.metrics.attestation("passed");
@@ -244,7 +243,7 @@ async fn report_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Repo
                 }
                 None => {}
             }
-            attest_nonce
+            (attest_nonce, credential)
         }
         ReportOutcome::Replayed { last } => {
             return Err(ApiError::new(
@@ -264,5 +263,5 @@ async fn report_inner(app: &App, headers: &HeaderMap, body: Body) -> Result<Repo
     if let Some(k) = failure {
         app.halt.check(k);
     }
-    Ok(ReportReply { attest_nonce })
+    Ok(ReportReply { attest_nonce, credential })
 }

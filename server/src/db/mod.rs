@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 
 pub use model::*;
 pub use read::*;
-pub use write::{ApproveOutcome, EnrollOutcome, EnrollRequest, ReportOutcome};
+pub use write::{ApproveOutcome, EnrollOutcome, EnrollRequest, Fresh, ReportOutcome};
 
 use write::Job;
 
@@ -130,16 +130,16 @@ impl Db {
     /// Store a verified report (state and event) if its sequence number is new and the
     /// device still has the key it was verified with.
     /// `known`: expected PCR values of the board's releases (needed when the report carries
-    /// an attestation); `fresh_nonce`: handed out if the device should attest next.
+    /// an attestation); `fresh`: random values for a nonce or a credential challenge.
     pub async fn report(
         &self,
         report: edgeimg_proto::report::Report,
         key: Arc<str>,
         now: i64,
         known: Vec<(String, [u8; 32])>,
-        fresh_nonce: String,
+        fresh: Fresh,
     ) -> Result<ReportOutcome, DbError> {
-        let req = Box::new(write::ReportRequest { report, key, now, known, fresh_nonce });
+        let req = Box::new(write::ReportRequest { report, key, now, known, fresh });
         self.submit(|tx| Job::Report(req, tx)).await
     }
 

@@ -53,6 +53,11 @@ pub struct Device {
     pub approved_at: Option<i64>,
     /// The device enrolled a TPM attestation key.
     pub tpm: bool,
+    /// When the device proved its attestation key is in the TPM of its EK (credential
+    /// activation); None: not bound, and no quote of it counts.
+    pub ak_bound_at: Option<i64>,
+    /// The device sent its TPM's EK certificate.
+    pub ek_certificate: bool,
     /// The latest attestation (None: never attested).
     pub attestation: Option<AttestationState>,
 }

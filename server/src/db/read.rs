@@ -10,10 +10,11 @@ use super::DeviceAuth;
 
 const DEVICE_COLUMNS: &str = "id, status, public_key, pending_key, board, image, version, channel, slot, state, \
      security_floor, last_seq, last_seen, last_error, health, enrolled_at, approved_at, tpm, attest_result, \
-     attest_detail, attest_version, attest_at";
+     attest_detail, attest_version, attest_at, ak_bound_at";
 
 fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
     let health: Option<String> = r.get(14)?;
+    let tpm: Option<String> = r.get(17)?;
     Ok(Device {
         id: r.get(0)?,
         status: DeviceStatus::parse(&r.get::<_, String>(1)?),
@@ -32,7 +33,11 @@ fn device_row(r: &Row<'_>) -> rusqlite::Result<Device> {
         health: health.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
         enrolled_at: r.get(15)?,
         approved_at: r.get(16)?,
-        tpm: r.get::<_, Option<String>>(17)?.is_some(),
+        tpm: tpm.is_some(),
+        ak_bound_at: r.get(22)?,
+        ek_certificate: tpm
+            .and_then(|t| serde_json::from_str::<edgeimg_proto::attest::TpmIdentity>(&t).ok())
+            .is_some_and(|t| t.ek_cert.is_some()),
         attestation: match r.get::<_, Option<String>>(18)? {
             Some(result) => Some(AttestationState {
                 result,

@@ -91,6 +91,15 @@ ALTER TABLE devices ADD COLUMN attest_version TEXT;
 ALTER TABLE devices ADD COLUMN attest_at BIGINT;
 "#,
     ),
+    (
+        3,
+        "attestation key bound to the EK",
+        r#"
+ALTER TABLE devices ADD COLUMN ak_secret TEXT;
+ALTER TABLE devices ADD COLUMN ak_secret_at BIGINT;
+ALTER TABLE devices ADD COLUMN ak_bound_at BIGINT;
+"#,
+    ),
 ];
 
 /// Bring the database up to the newest schema. Returns the schema version.
@@ -141,7 +150,7 @@ mod tests {
     }
 
     #[test]
-    fn a_version_1_database_gains_the_attestation_columns() {
+    fn a_version_1_database_gains_the_attestation_and_binding_columns() {
         let mut c = Connection::open_in_memory().unwrap();
         c.execute_batch(
             "CREATE TABLE schema_migrations (version BIGINT PRIMARY KEY, name TEXT NOT NULL, applied_at BIGINT NOT NULL)",
@@ -154,10 +163,13 @@ mod tests {
             [],
         )
         .unwrap();
-        assert_eq!(migrate(&mut c, 5).unwrap(), 2);
-        let r: Option<String> =
-            c.query_row("SELECT attest_result FROM devices WHERE id = 'd'", [], |r| r.get(0)).unwrap();
-        assert_eq!(r, None, "existing devices keep their rows, not yet attested");
+        assert_eq!(migrate(&mut c, 5).unwrap(), 3);
+        let (r, bound): (Option<String>, Option<i64>) = c
+            .query_row("SELECT attest_result, ak_bound_at FROM devices WHERE id = 'd'", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .unwrap();
+        assert_eq!((r, bound), (None, None), "existing devices keep their rows, not yet attested or bound");
     }
 
     #[test]

@@ -2,7 +2,8 @@
 
 use std::sync::Arc;
 
-use edgeimg_proto::attest::{verify_attestation, TpmIdentity};
+use edgeimg_proto::attest::{verify_attestation, CredentialChallenge, TpmIdentity};
+use edgeimg_proto::credential;
 use edgeimg_proto::report::Report;
 use rusqlite::{params, Connection, OptionalExtension, TransactionBehavior};
 use tokio::sync::{mpsc, oneshot};
@@ -72,8 +73,26 @@ pub(crate) struct ReportRequest {
     /// Releases of the report's board and image with their expected PCR value, when the
     /// report carries an attestation.
     pub known: Vec<(String, [u8; 32])>,
-    /// A nonce to hand out if the device should attest next (random, hex).
-    pub fresh_nonce: String,
+    pub fresh: Fresh,
+}
+
+/// Random values a report may need: a nonce to hand out if the device should attest next,
+/// or a secret and an ephemeral key for a credential challenge.
+#[derive(Debug, Clone)]
+pub struct Fresh {
+    pub nonce: [u8; 32],
+    pub secret: [u8; 32],
+    pub ephemeral: [u8; 32],
+}
+
+impl Fresh {
+    pub fn random() -> Self {
+        let mut f = Fresh { nonce: [0; 32], secret: [0; 32], ephemeral: [0; 32] };
+        for b in [&mut f.nonce, &mut f.secret, &mut f.ephemeral] {
+            rand_core::RngCore::fill_bytes(&mut rand_core::OsRng, b);
+        }
+        f
+    }
 }
 
 /// A nonce is good for this long after it was handed out (the device quotes at once).
@@ -87,6 +106,8 @@ pub enum ReportOutcome {
     Accepted {
         /// Quote this nonce with the TPM in the next report.
         attest_nonce: Option<String>,
+        /// Bind the attestation key first: activate this credential.
+        credential: Option<CredentialChallenge>,
         /// The verdict on the attestation this report carried: Ok(detail) or Err(reason).
         attestation: Option<Result<String, String>>,
     },
@@ -299,7 +320,8 @@ fn report(c: &Connection, r: &ReportRequest) -> rusqlite::Result<ReportOutcome> 
             "UPDATE devices SET last_seq = ?2, last_seen = ?3, board = ?4, image = ?5, version = ?6, channel = ?7,
                 slot = ?8, state = ?9, security_floor = ?10, health = ?11, last_error = ?12
              WHERE id = ?1 AND public_key = ?13 AND status = 'approved' AND last_seq < ?2
-             RETURNING tpm, attest_nonce, attest_nonce_at, attest_result, attest_version, attest_at",
+             RETURNING tpm, attest_nonce, attest_nonce_at, attest_result, attest_version, attest_at,
+                ak_secret, ak_secret_at, ak_bound_at",
         )?
         .query_row(
             params![
@@ -317,7 +339,19 @@ fn report(c: &Connection, r: &ReportRequest) -> rusqlite::Result<ReportOutcome> 
                 rep.last_error,
                 &*r.key,
             ],
-            |row| Ok((row.get(0)?, row.get(1)?, row.get(2)?, row.get(3)?, row.get(4)?, row.get(5)?)),
+            |row| {
+                Ok(AttestRow {
+                    tpm: row.get(0)?,
+                    nonce: row.get(1)?,
+                    nonce_at: row.get(2)?,
+                    result: row.get(3)?,
+                    version: row.get(4)?,
+                    at: row.get(5)?,
+                    ak_secret: row.get(6)?,
+                    ak_secret_at: row.get(7)?,
+                    ak_bound_at: row.get(8)?,
+                })
+            },
         )
         .optional()?;
     let Some(attest_row) = updated else {
@@ -361,54 +395,143 @@ fn report(c: &Connection, r: &ReportRequest) -> rusqlite::Result<ReportOutcome> 
     attest(c, r, attest_row)
 }
 
-/// A device's `tpm`, `attest_nonce`, `attest_nonce_at`, `attest_result`, `attest_version`,
-/// `attest_at`.
-type AttestRow = (Option<String>, Option<String>, Option<i64>, Option<String>, Option<String>, Option<i64>);
+/// A device's attestation columns, as the report's UPDATE returns them.
+struct AttestRow {
+    tpm: Option<String>,
+    nonce: Option<String>,
+    nonce_at: Option<i64>,
+    result: Option<String>,
+    version: Option<String>,
+    at: Option<i64>,
+    /// SHA-256 (hex) of the outstanding credential secret.
+    ak_secret: Option<String>,
+    ak_secret_at: Option<i64>,
+    ak_bound_at: Option<i64>,
+}
 
-/// Judge the report's attestation (if any) against the nonce on record, and decide whether
-/// the device should attest again. In the report's transaction: a nonce is used once.
+fn sha256_hex(b: &[u8]) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+/// A credential challenge for the device's AK, or why there can be none.
+fn challenge(id: &TpmIdentity, fresh: &Fresh) -> Result<CredentialChallenge, String> {
+    let bad = |what: &str| format!("the enrolled TPM identity has a malformed {what}");
+    let ak_public = id.ak_public.as_deref().ok_or_else(|| {
+        "the device enrolled no AK public area (its updater predates AK binding): it cannot prove its AK is in its TPM"
+            .to_string()
+    })?;
+    let ak_public = hex::decode(ak_public).map_err(|_| bad("AK public area"))?;
+    let ak = hex::decode(&id.ak).map_err(|_| bad("AK"))?;
+    let ek = hex::decode(&id.ek).map_err(|_| bad("EK"))?;
+    credential::check_ak_public(&ak_public, &ak).map_err(|e| e.to_string())?;
+    let c = credential::make_credential(&ek, &credential::name(&ak_public), &fresh.secret, &fresh.ephemeral)
+        .map_err(|e| e.to_string())?;
+    Ok(CredentialChallenge { id_object: hex::encode(c.id_object), encrypted_secret: hex::encode(c.encrypted_secret) })
+}
+
+/// Judge the report's credential answer and attestation (if any) against what is on record,
+/// and decide whether the device should bind its AK or attest next. In the report's
+/// transaction: a nonce and a credential are each used once.
 fn attest(c: &Connection, r: &ReportRequest, row: AttestRow) -> rusqlite::Result<ReportOutcome> {
     let rep = &r.report;
-    let (tpm, nonce, nonce_at, result, version, at) = row;
-    let ak = tpm.and_then(|t| serde_json::from_str::<TpmIdentity>(&t).ok()).map(|t| t.ak);
+    let id = row.tpm.as_deref().and_then(|t| serde_json::from_str::<TpmIdentity>(t).ok());
+    let ak = id.as_ref().map(|t| t.ak.clone());
+    let mut bound = row.ak_bound_at.is_some();
+    let record = |res: &str, detail: &str| -> rusqlite::Result<()> {
+        c.prepare_cached(
+            "UPDATE devices SET attest_result = ?2, attest_detail = ?3, attest_version = ?4, attest_at = ?5
+             WHERE id = ?1",
+        )?
+        .execute(params![rep.device_id, res, detail, rep.version, r.now])?;
+        Ok(())
+    };
     let mut verdict = None;
+    let mut failed_binding = false;
+    if let Some(answer) = &rep.credential_secret {
+        let v = match (&row.ak_secret, hex::decode(answer)) {
+            (None, _) => {
+                Err("no credential challenge is outstanding for this device (used or never issued)".to_string())
+            }
+            (Some(_), _) if row.ak_secret_at.unwrap_or(0) + NONCE_TTL < r.now => {
+                Err(format!("the credential challenge expired (good for {NONCE_TTL} s)"))
+            }
+            (Some(want), Ok(got)) if sha256_hex(&got) == *want => Ok(()),
+            _ => Err("the device could not recover the credential secret: its attestation key is not in the TPM of \
+                      its enrolled endorsement key"
+                .to_string()),
+        };
+        c.prepare_cached("UPDATE devices SET ak_secret = NULL, ak_secret_at = NULL WHERE id = ?1")?
+            .execute(params![rep.device_id])?;
+        match v {
+            Ok(()) => {
+                c.prepare_cached("UPDATE devices SET ak_bound_at = ?2 WHERE id = ?1")?
+                    .execute(params![rep.device_id, r.now])?;
+                bound = true;
+            }
+            Err(e) => {
+                record("failed", &e)?;
+                verdict = Some(Err(e));
+                failed_binding = true;
+            }
+        }
+    }
     if let Some(a) = &rep.attestation {
-        let v = match (&ak, &nonce) {
+        let v = match (&ak, &row.nonce) {
             (None, _) => Err("the device enrolled no TPM attestation key".to_string()),
+            (Some(_), _) if !bound => {
+                Err("the attestation key is not bound to the TPM's endorsement key (credential not activated)".into())
+            }
             (Some(_), None) => Err("no nonce is outstanding for this device (used or never issued)".to_string()),
-            (Some(_), Some(_)) if nonce_at.unwrap_or(0) + NONCE_TTL < r.now => {
+            (Some(_), Some(_)) if row.nonce_at.unwrap_or(0) + NONCE_TTL < r.now => {
                 Err(format!("the nonce expired (nonces are good for {NONCE_TTL} s)"))
             }
             (Some(ak), Some(n)) => verify_attestation(ak, n, a, &rep.version, &r.known)
                 .map(|q| format!("{} {} (TPM reset count {})", rep.image, rep.version, q.reset_count))
                 .map_err(|e| e.to_string()),
         };
-        let (res, detail) = match &v {
-            Ok(d) => ("passed", d.as_str()),
-            Err(e) => ("failed", e.as_str()),
-        };
-        c.prepare_cached(
-            "UPDATE devices SET attest_result = ?2, attest_detail = ?3, attest_version = ?4, attest_at = ?5,
-                attest_nonce = NULL, attest_nonce_at = NULL
-             WHERE id = ?1",
-        )?
-        .execute(params![rep.device_id, res, detail, rep.version, r.now])?;
+        match &v {
+            Ok(d) => record("passed", d)?,
+            Err(e) => record("failed", e)?,
+        }
+        c.prepare_cached("UPDATE devices SET attest_nonce = NULL, attest_nonce_at = NULL WHERE id = ?1")?
+            .execute(params![rep.device_id])?;
         verdict = Some(v);
     }
-    // Ask for a quote when the device has an attestation key, this report carried none, and
-    // the running release has no recent verdict.
-    let fresh = match (&result, &version, at) {
+    // An AK not bound yet gets a credential challenge (unless one is outstanding and fresh,
+    // or the answer in this report just failed: the next report asks again).
+    let mut credential = None;
+    if let (Some(id), false) = (&id, bound) {
+        let outstanding = row.ak_secret.is_some()
+            && rep.credential_secret.is_none()
+            && row.ak_secret_at.unwrap_or(0) + NONCE_TTL >= r.now;
+        if !outstanding && !failed_binding {
+            match challenge(id, &r.fresh) {
+                Ok(ch) => {
+                    c.prepare_cached("UPDATE devices SET ak_secret = ?2, ak_secret_at = ?3 WHERE id = ?1")?
+                        .execute(params![rep.device_id, sha256_hex(&r.fresh.secret), r.now])?;
+                    credential = Some(ch);
+                }
+                Err(e) if row.result.as_deref() != Some("failed") => record("failed", &e)?,
+                Err(_) => {}
+            }
+        }
+    }
+    // Ask for a quote when the AK is bound, this report carried none, and the running
+    // release has no recent verdict.
+    let fresh = match (&row.result, &row.version, row.at) {
         (Some(res), Some(v), Some(at)) => res == "passed" && *v == rep.version && at + REATTEST_PASSED > r.now,
         _ => false,
     };
-    let attest_nonce = if ak.is_some() && rep.attestation.is_none() && !fresh {
+    let attest_nonce = if ak.is_some() && bound && rep.attestation.is_none() && !fresh {
+        let nonce = hex::encode(r.fresh.nonce);
         c.prepare_cached("UPDATE devices SET attest_nonce = ?2, attest_nonce_at = ?3 WHERE id = ?1")?
-            .execute(params![rep.device_id, r.fresh_nonce, r.now])?;
-        Some(r.fresh_nonce.clone())
+            .execute(params![rep.device_id, nonce, r.now])?;
+        Some(nonce)
     } else {
         None
     };
-    Ok(ReportOutcome::Accepted { attest_nonce, attestation: verdict })
+    Ok(ReportOutcome::Accepted { attest_nonce, credential, attestation: verdict })
 }
 
 fn halt(c: &Connection, h: &Halt) -> rusqlite::Result<()> {

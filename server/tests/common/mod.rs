@@ -422,6 +422,7 @@ impl Device {
             health: vec![HealthResult { check: "k3s-node-ready".into(), ok: true, detail: String::new() }],
             last_error: None,
             attestation: None,
+            credential_secret: None,
         }
     }
 
