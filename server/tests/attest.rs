@@ -23,6 +23,24 @@ async fn publish_release(fx: &Fixture, version: &str) -> String {
     payload["roothash"].as_str().unwrap().to_string()
 }
 
+/// A server whose stable channel runs 1.0.0 at 100% and requires attestation; `more`
+/// versions are published too. Returns it with 1.0.0's verity root hash.
+async fn attesting_fleet(more: &[&str]) -> (Fixture, String) {
+    let mut fx = Fixture::new().await;
+    let root1 = publish_release(&fx, "1.0.0").await;
+    for v in more {
+        publish_release(&fx, v).await;
+    }
+    let mut ch = change("stable");
+    ch.image = Some(IMAGE.into());
+    ch.version = Some("1.0.0".into());
+    ch.percent = Some(100);
+    ch.require_attestation = Some(true);
+    rollout(&fx.repo, &fx.keys, ch).await;
+    fx.start(fx.config()).await;
+    (fx, root1)
+}
+
 fn quote(tpm: &mut Tpm, ak_dir: &std::path::Path, nonce: &str) -> Attestation {
     let q = tpm.quote(ak_dir, &hex::decode(nonce).unwrap(), &[RELEASE_PCR]).unwrap();
     Attestation { nonce: nonce.into(), attest: hex::encode(&q.attest), signature: hex::encode(q.signature) }
@@ -76,16 +94,7 @@ async fn verdict(fx: &Fixture, id: &str) -> serde_json::Value {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn quotes_are_checked_against_the_release_and_gate_health() {
-    let mut fx = Fixture::new().await;
-    let root1 = publish_release(&fx, "1.0.0").await;
-    publish_release(&fx, "2.0.0").await;
-    let mut ch = change("stable");
-    ch.image = Some(IMAGE.into());
-    ch.version = Some("1.0.0".into());
-    ch.percent = Some(100);
-    ch.require_attestation = Some(true);
-    rollout(&fx.repo, &fx.keys, ch).await;
-    fx.start(fx.config()).await;
+    let (mut fx, root1) = attesting_fleet(&["2.0.0"]).await;
 
     let sw = Swtpm::start(&fx.dir.path().join("tpm-state"));
     let mut tpm = Tpm::open(&sw.tcti()).unwrap();
@@ -186,15 +195,7 @@ async fn quotes_are_checked_against_the_release_and_gate_health() {
 /// updater sends no AK public area.
 #[tokio::test(flavor = "multi_thread")]
 async fn an_ak_that_is_not_in_the_eks_tpm_is_never_bound() {
-    let mut fx = Fixture::new().await;
-    let root1 = publish_release(&fx, "1.0.0").await;
-    let mut ch = change("stable");
-    ch.image = Some(IMAGE.into());
-    ch.version = Some("1.0.0".into());
-    ch.percent = Some(100);
-    ch.require_attestation = Some(true);
-    rollout(&fx.repo, &fx.keys, ch).await;
-    fx.start(fx.config()).await;
+    let (mut fx, root1) = attesting_fleet(&[]).await;
 
     // The EK of one TPM (a genuine device's), the AK of another (the attacker's).
     let sw = Swtpm::start(&fx.dir.path().join("tpm-genuine"));

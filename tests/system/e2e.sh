@@ -226,6 +226,9 @@ ok "device $(jq -r .id <<<"$D") enrolled with the fleet token (approved), report
 grep -aq "measured k3s-test 1.0.0 (root hash $(jq -r .roothash "$OUT/1.0.0/payload/payload.json")) into PCR 15" "$L1" \
     || fail "v1 was not measured into PCR 15 before the network came up (serial log $L1)"
 attested_ok 1.0.0
+device | jq -e '.ak_bound_at != null' >/dev/null || fail "attested, but the AK is not bound to the EK: $(device)"
+grep -aq "binding the attestation key to the TPM's endorsement key" "$L1" || fail "the device never activated a credential ($L1)"
+ok "the AK was bound to the EK first (TPM2_ActivateCredential of the server's credential)"
 
 log "v2 at 100%: download, write slot b, reboot, health, commit"
 t0=$(now)

@@ -323,14 +323,20 @@ impl Tpm {
         r
     }
 
+    /// Whether an NV index exists. Listed (a capability query) rather than opened: opening
+    /// an undefined index is an error that the TSS also logs, and any other error must not
+    /// read as "not there".
+    fn nv_defined(&mut self, index: NvIndexTpmHandle) -> Result<bool, TpmError> {
+        Ok(tss_esapi::abstraction::nv::list(&mut self.ctx)
+            .map_err(tpm("listing NV indices"))?
+            .iter()
+            .any(|(public, _)| public.nv_index() == index))
+    }
+
     /// The EK certificate (DER) from the TPM maker's NV index, if the TPM has one.
     pub fn ek_certificate(&mut self) -> Result<Option<Vec<u8>>, TpmError> {
         let index = NvIndexTpmHandle::new(EK_CERT_ECC_NV_INDEX).map_err(tpm("NV index"))?;
-        let defined = tss_esapi::abstraction::nv::list(&mut self.ctx)
-            .map_err(tpm("listing NV indices"))?
-            .iter()
-            .any(|(public, _)| public.nv_index() == index);
-        if !defined {
+        if !self.nv_defined(index)? {
             return Ok(None);
         }
         let der = self
@@ -343,13 +349,7 @@ impl Tpm {
 
     fn floor_handle(&mut self) -> Result<Option<NvIndexHandle>, TpmError> {
         let index = NvIndexTpmHandle::new(FLOOR_NV_INDEX).map_err(tpm("NV index"))?;
-        // Listed first (a capability query): asking for an undefined index is an error
-        // that the TSS also logs, and any other error must not read as "no floor".
-        let defined = tss_esapi::abstraction::nv::list(&mut self.ctx)
-            .map_err(tpm("listing NV indices"))?
-            .iter()
-            .any(|(public, _)| public.nv_index() == index);
-        if !defined {
+        if !self.nv_defined(index)? {
             return Ok(None);
         }
         let h = self
