@@ -20,6 +20,7 @@ k3s_node_ready = false
 health_units = ["ssh.service", "a \"quoted\" unit"]
 health_http = ["http://127.0.0.1:8080/healthz"]
 health_commands = [["/usr/bin/test", "-e", "/run/ok"]]
+metrics = "127.0.0.1:9101"
 "#,
     )
     .unwrap();
@@ -40,11 +41,13 @@ health_commands = [["/usr/bin/test", "-e", "/run/ok"]]
     assert_eq!(s.health_units, vec!["ssh.service".to_string(), "a \"quoted\" unit".to_string()]);
     assert_eq!(s.health_commands, vec![vec!["/usr/bin/test".to_string(), "-e".into(), "/run/ok".into()]]);
     assert_eq!(s.k3s_node_ready, Some(false));
+    assert_eq!(s.metrics_listen, Some("127.0.0.1:9101".parse().unwrap()));
     // The defaults an image without [updater] gets also load.
     std::fs::write(&f, Updater::default().render("nuc", 1)).unwrap();
     let s = edgeimg_updater::config::load(d.path(), None).unwrap();
     assert_eq!(s.server, None);
     assert_eq!(s.channel, "stable");
+    assert_eq!(s.metrics_listen, None, "metrics are off unless configured");
 }
 
 #[test]

@@ -67,6 +67,9 @@ pub enum Command {
     },
     /// Past transitions.
     History,
+    /// Print the device metrics (Prometheus text format), e.g. for node-exporter's textfile
+    /// collector; the same the daemon serves on `metrics_listen`.
+    Metrics,
     /// Run the health checks; on a trial boot, commit when they pass, give the boot up when
     /// they fail (exit 1: the unit's FailureAction reboots into the previous slot).
     Health,
@@ -217,6 +220,10 @@ pub fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Health => health(&cli),
+        Command::Metrics => {
+            print!("{}", crate::metrics::render(&agent(&cli)?));
+            Ok(())
+        }
         Command::Measure => measure(&cli),
         Command::TufClient { metadata_dir, metadata_url, target_names, target_base_url, target_dir, action } => {
             use crate::tuf::conformance::{Action, Args};

@@ -41,6 +41,8 @@ pub struct Fragment {
     pub max_download: Option<u64>,
     pub rate_limit: Option<u64>,
     pub download_window: Option<String>,
+    /// Serve Prometheus metrics on this address (e.g. "127.0.0.1:9101"); off when unset.
+    pub metrics_listen: Option<String>,
     #[serde(default)]
     pub boot: Option<BootFragment>,
     #[serde(default)]
@@ -116,7 +118,8 @@ impl Fragment {
             tpm_tool,
             max_download,
             rate_limit,
-            download_window
+            download_window,
+            metrics_listen
         );
         if let Some(b) = &o.boot {
             let m = self.boot.get_or_insert_with(Default::default);
@@ -172,6 +175,7 @@ pub struct Settings {
     pub max_download: u64,
     pub rate_limit: Option<u64>,
     pub download_window: Option<(u32, u32)>,
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub backend: BootBackendKind,
     pub boot_dir: PathBuf,
     pub efivars: PathBuf,
@@ -310,6 +314,18 @@ fn settings(f: Fragment, root: &Path) -> Result<Settings, ConfigError> {
         max_download: f.max_download.unwrap_or(8 << 30),
         rate_limit: f.rate_limit,
         download_window: window("download_window", &f.download_window)?,
+        metrics_listen: f
+            .metrics_listen
+            .as_deref()
+            .map(|a| {
+                a.parse().map_err(|_| {
+                    ConfigError::Invalid(format!(
+                        "metrics_listen = \"{a}\": give an address and port such as \"127.0.0.1:9101\" \
+                         (0.0.0.0 exposes it to the network)"
+                    ))
+                })
+            })
+            .transpose()?,
         backend,
         boot_dir: boot.boot_dir.clone().unwrap_or_else(|| at("/efi")),
         efivars: boot.efivars.clone().unwrap_or_else(|| at("/sys/firmware/efi/efivars")),

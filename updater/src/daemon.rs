@@ -241,6 +241,9 @@ fn minute_of_day() -> u32 {
 }
 
 pub async fn run(mut agent: Agent) -> Result<(), AgentError> {
+    if let Some(addr) = agent.settings.metrics_listen {
+        crate::metrics::spawn(addr, agent.settings.clone(), agent.root.clone()).await;
+    }
     crate::sdnotify::notify("READY=1\nSTATUS=starting");
     if let Some(iv) = crate::sdnotify::watchdog_interval() {
         tokio::spawn(async move {

@@ -15,6 +15,7 @@ pub mod install;
 pub mod k3s_drain;
 pub mod k3s_prepare;
 pub mod logging;
+pub mod metrics;
 pub mod net;
 pub mod provision;
 pub mod report;

@@ -54,6 +54,9 @@ pub struct Updater {
     /// floor in TPM NV storage. Devices without a TPM work as before.
     #[serde(default)]
     pub tpm: bool,
+    /// Serve device metrics (Prometheus text) on this address, e.g. "127.0.0.1:9101".
+    #[serde(default)]
+    pub metrics: Option<String>,
 }
 
 impl Default for Updater {
@@ -151,6 +154,16 @@ impl Updater {
                 }
             }
         }
+        if let Some(m) = &self.metrics {
+            if m.parse::<std::net::SocketAddr>().is_err() {
+                return Err(src.error_at(
+                    "updater.metrics",
+                    format!(
+                        "`{m}`: an address and port such as \"127.0.0.1:9101\" (0.0.0.0 exposes it to the network)"
+                    ),
+                ));
+            }
+        }
         for (i, c) in self.health_commands.iter().enumerate() {
             if c.is_empty() || !c[0].starts_with('/') {
                 return Err(src.error_at(
@@ -185,6 +198,9 @@ impl Updater {
         }
         if let Some(r) = self.rate_limit {
             t.push_str(&format!("rate_limit = {r}\n"));
+        }
+        if let Some(m) = &self.metrics {
+            t.push_str(&format!("metrics_listen = {}\n", q(m)));
         }
         t.push_str(&format!("\n[boot]\nbackend = \"systemd-boot\"\ntries = {tries}\n"));
         t.push_str(&format!("\n[reboot]\npolicy = {}\ndrain = {}\n", q(&self.reboot), self.drain));

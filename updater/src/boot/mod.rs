@@ -44,7 +44,7 @@ pub struct SlotStatus {
     pub detail: String,
 }
 
-pub trait BootBackend {
+pub trait BootBackend: Send {
     fn name(&self) -> &'static str;
     /// The slot that booted now.
     fn booted_slot(&self) -> Result<Slot, BootError>;
