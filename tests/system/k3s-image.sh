@@ -4,7 +4,9 @@
 # 127.0.0.1 (a multi-arch index pinned by digest, and a tag resolved by `edgeimg lock`).
 # Checks the archives with independent tools (sha256sum, skopeo, Debian's containerd),
 # boots the image (the stand-in imports the archives through edgeimg's symlinks and runs
-# the image offline), provisioning from the boot partition, and the build's errors.
+# the image offline), provisioning from the boot partition, and the build's errors. A Helm
+# chart served by the mirror is vendored into a HelmChart manifest (checked structurally:
+# the stand-in has no helm-controller).
 source "$(dirname "$0")/../lib.sh"
 source "$ROOT/tests/lib-images.sh"
 trap 'stop_services; [ -n "${CTRD_PID:-}" ] && kill "$CTRD_PID" 2>/dev/null; true' EXIT
@@ -28,7 +30,19 @@ render() { # render OUT [sed expressions...]
         -e "s|@AIRGAP_AMD64@|$AIRGAP_AMD64|g; s|@AIRGAP_ARM64@|$AIRGAP_ARM64|g; s|@HELLO_DIGEST@|$HELLO_DIGEST|g" \
         "$@" "$ROOT/tests/recipes/k3s-test.toml.in" >"$out"
 }
+# A Helm chart on the mirror (like a chart repository's .tgz), running the hello image.
+mkdir -p "$T/chart/hello/templates" "$T/inputs/mirror/charts"
+printf 'apiVersion: v2\nname: hello\nversion: 0.1.0\nappVersion: "1.0"\n' >"$T/chart/hello/Chart.yaml"
+printf 'image:\n  repository: %s/edgeimg/hello\n  tag: "1.0"\nreplicas: 1\n' "$REGISTRY" >"$T/chart/hello/values.yaml"
+printf 'apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ .Release.Name }}\n' >"$T/chart/hello/templates/deployment.yaml"
+tar -czf "$T/inputs/mirror/charts/hello-0.1.0.tgz" -C "$T/chart" hello
+CHART_SHA=$(sha256sum <"$T/inputs/mirror/charts/hello-0.1.0.tgz" | cut -c1-64)
+helm_entry() { # helm_entry SHA256 IMAGES: a [[helm]] entry for the mirror's chart
+    printf '\n[[helm]]\nname = "hello"\nchart = "http://127.0.0.1:%s/charts/hello-0.1.0.tgz"\nversion = "0.1.0"\nsha256 = "%s"\nnamespace = "apps"\nvalues = "replicas: 2\\n"\nimages = [%s]\n' \
+        "$MIRROR_PORT" "$1" "$2"
+}
 render "$R/k3s-test.toml"
+helm_entry "$CHART_SHA" "\"$REGISTRY/edgeimg/hello:1.0@$HELLO_DIGEST\"" >>"$R/k3s-test.toml"
 build() { "$EDGEIMG" build --board qemu-x86_64 --out "$T/out" "$@"; }
 
 log "an image given by tag only and not locked is refused"
@@ -56,12 +70,23 @@ for n in k3s k3s-airgap-images-amd64.tar.zst "$REGISTRY/edgeimg/hello" "$REGISTR
     jq -e --arg n "$n" '[.packages[].name] | index($n) != null' "$B/sbom.spdx.json" >/dev/null || fail "SBOM lacks $n"
 done
 jq -e --arg s "$K3S_SHA256" '.packages[] | select(.name == "k3s") | .checksums[0].checksumValue == $s' "$B/sbom.spdx.json" >/dev/null || fail "SBOM k3s checksum"
-ok "SBOM lists k3s (with sha256), the airgap archive and both images"
+jq -e --arg s "$CHART_SHA" '.packages[] | select(.name == "helm chart hello") | .checksums[0].checksumValue == $s' "$B/sbom.spdx.json" >/dev/null || fail "SBOM lacks the chart"
+ok "SBOM lists k3s (with sha256), the airgap archive, both images and the Helm chart"
 
 log "the archives inside the verity root, checked with independent tools"
 fsck.erofs --extract="$T/x" "$B/payload/root.img" >/dev/null 2>&1 || fail "fsck.erofs --extract failed"
 cmp "$T/x/usr/local/bin/k3s" "$ROOT/tests/k3s-standin/k3s" || fail "/usr/local/bin/k3s is not the pinned binary"
 ok "/usr/local/bin/k3s is the pinned binary"
+HC=$T/x/usr/lib/edgeimg/k3s/manifests/helm-hello.yaml
+[ -f "$HC" ] || fail "no HelmChart manifest for the chart in the image"
+grep -q '^kind: HelmChart$' "$HC" && grep -q '^  targetNamespace: "apps"$' "$HC" || fail "helm-hello.yaml is not the HelmChart expected: $(head -c 600 "$HC")"
+sed -n 's/^  chartContent: //p' "$HC" | base64 -d >"$T/chart-from-image.tgz"
+cmp -s "$T/chart-from-image.tgz" "$T/inputs/mirror/charts/hello-0.1.0.tgz" || fail "chartContent is not the pinned chart archive"
+tar -xzOf "$T/chart-from-image.tgz" hello/Chart.yaml | grep -q '^version: 0.1.0$' || fail "the vendored chart is not hello 0.1.0"
+grep -q '^    replicas: 2$' "$HC" || fail "the recipe's values are not in valuesContent"
+jq -e '.k3s.charts[0] | .name == "hello" and .version == "0.1.0" and (.images | length == 1)' "$B/report.json" >/dev/null \
+    || fail "report.json k3s.charts: $(jq -c .k3s.charts "$B/report.json")"
+ok "helm-hello.yaml: a HelmChart carrying the pinned chart byte for byte (base64 -d | cmp), values inline"
 A=$(ls "$T"/x/usr/lib/edgeimg/k3s/images/edgeimg-images-*.tar)
 mkdir -p "$T/x/archive" && tar -xf "$A" -C "$T/x/archive"
 for f in "$T"/x/archive/blobs/sha256/*; do
@@ -100,7 +125,7 @@ expect k3s-prepare active "$L"
 expect_match k3s-links "edgeimg-images-[0-9a-f]{16}\.tar->/usr/lib/edgeimg/k3s/images/edgeimg-images-" "$L"
 expect_match k3s-links "k3s-airgap-images-amd64-[0-9a-f]{16}\.tar\.zst->/usr/lib/edgeimg/k3s/images/" "$L"
 expect k3s-cache-json no "$L"
-expect k3s-manifests "edgeimg-hello.yaml," "$L"
+expect k3s-manifests "edgeimg-hello.yaml,edgeimg-helm-hello.yaml," "$L"
 expect k3s-node-ready True "$L"
 expect k3s-kubeconfig-link /var/lib/rancher/k3s/k3s.yaml "$L"
 expect k3s-node-dir /var/lib/rancher/node "$L"
@@ -131,6 +156,15 @@ ok "the rebuild's disk.img is identical"
 rm -rf "$T/out2"
 
 log "bad inputs fail the build, name the artifact, leave nothing behind"
+render "$R/bad-chart.toml"
+helm_entry "$(printf '2%.0s' {1..64})" "\"$REGISTRY/edgeimg/hello:1.0@$HELLO_DIGEST\"" >>"$R/bad-chart.toml"
+cp "$R/k3s-test.lock" "$R/bad-chart.lock"
+must_fail "wrong chart sha256" "Helm chart hello 0.1.0 (helm[0])" -- build --recipe "$R/bad-chart.toml"
+must_fail "wrong chart sha256" "has sha256 $CHART_SHA" -- build --recipe "$R/bad-chart.toml"
+render "$R/chart-image.toml"
+helm_entry "$CHART_SHA" "" >>"$R/chart-image.toml"
+cp "$R/k3s-test.lock" "$R/chart-image.lock"
+must_fail "chart image not pulled" "chart hello runs image $REGISTRY/edgeimg/hello:1.0 (values: image) but helm[0].images does not list it" -- build --recipe "$R/chart-image.toml"
 render "$R/bad-sha.toml" -e "s|sha256 = { amd64 = \"$K3S_SHA256\"|sha256 = { amd64 = \"$(printf '1%.0s' {1..64})\"|"
 cp "$R/k3s-test.lock" "$R/bad-sha.lock"
 must_fail "wrong K3s sha256" "K3s v1.34.2+k3s1 binary (k3s)" -- build --recipe "$R/bad-sha.toml"

@@ -38,6 +38,8 @@ pub enum K3sError {
     Pull(#[from] PullError),
     #[error(transparent)]
     Lock(#[from] LockError),
+    #[error(transparent)]
+    Helm(#[from] super::helm::HelmError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -54,6 +56,8 @@ pub struct Fetched {
     pub binary_sha256: String,
     pub airgap: Option<(PathBuf, String, String)>,
     pub images: Option<(PathBuf, ArchiveInfo)>,
+    /// `[[helm]]` charts, downloaded and checked.
+    pub charts: Vec<super::helm::Fetched>,
     pub download_seconds: f64,
     pub pull_seconds: f64,
 }
@@ -99,14 +103,28 @@ pub fn fetch(k3s: &K3s, recipe: &LoadedRecipe, arch: &str, env: &FetchEnv<'_>) -
     } else {
         None
     };
+    let mut charts = Vec::new();
+    for (i, h) in recipe.recipe.helm.iter().enumerate() {
+        let (archive, _) = rt.block_on(download::fetch(
+            &client,
+            &format!("Helm chart {} {} (helm[{i}])", h.name, h.version),
+            &h.chart,
+            &h.sha256,
+            cache,
+            |d, t| rep.progress("k3s", d, t),
+        ))?;
+        let values = h.values_text(&recipe.dir).map_err(io(format!("reading helm[{i}].values_file")))?;
+        charts.push(super::helm::check(i, h, &archive, &values)?);
+    }
     let download_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let images = if k3s.images.is_empty() {
+    let wanted = all_images(k3s, recipe);
+    let images = if wanted.is_empty() {
         None
     } else {
         let refs: Vec<ImageRef> =
-            k3s.images.iter().map(|r| ImageRef::parse(r).expect("validated with the recipe")).collect();
+            wanted.iter().map(|r| ImageRef::parse(r).expect("validated with the recipe")).collect();
         let lock_path = lock::path_for(&recipe.source.path);
         let lockfile = LockFile::load(&lock_path)?;
         let pinned = LockFile::pin(lockfile.as_ref(), &refs, &recipe.source.path)?;
@@ -127,9 +145,23 @@ pub fn fetch(k3s: &K3s, recipe: &LoadedRecipe, arch: &str, env: &FetchEnv<'_>) -
         binary_sha256: sha.clone(),
         airgap,
         images,
+        charts,
         download_seconds,
         pull_seconds: t.elapsed().as_secs_f64(),
     })
+}
+
+/// Every image to pre-pull: `k3s.images` and the charts' images, each once.
+pub fn all_images(k3s: &K3s, recipe: &LoadedRecipe) -> Vec<String> {
+    let mut v: Vec<String> = k3s.images.clone();
+    for h in &recipe.recipe.helm {
+        for i in &h.images {
+            if !v.contains(i) {
+                v.push(i.clone());
+            }
+        }
+    }
+    v
 }
 
 fn k3s_unit(k3s: &K3s) -> String {
@@ -203,6 +235,8 @@ pub struct Installed {
     pub images: Option<ArchiveInfo>,
     pub import_cache: bool,
     pub manifests: Vec<String>,
+    /// `[[helm]]` charts: name, chart, version, archive sha256, the images their values name.
+    pub charts: Vec<serde_json::Value>,
     pub download_seconds: f64,
     pub pull_seconds: f64,
 }
@@ -240,6 +274,13 @@ pub fn install(tree: &Path, k3s: &K3s, recipe: &LoadedRecipe, f: &Fetched) -> Re
         let text = std::fs::read(&src).map_err(io(format!("reading manifest {}", src.display())))?;
         let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
         write_file(tree, &format!("{MANIFEST_DIR}/{name}"), &text, 0o644).map_err(io("installing a manifest"))?;
+        manifests.push(name);
+    }
+    for c in &f.charts {
+        let bytes = std::fs::read(&c.archive).map_err(io("reading a cached chart"))?;
+        let name = format!("helm-{}.yaml", c.helm.name);
+        write_file(tree, &format!("{MANIFEST_DIR}/{name}"), super::helm::manifest(c, &bytes), 0o644)
+            .map_err(io("installing a HelmChart manifest"))?;
         manifests.push(name);
     }
     manifests.sort();
@@ -294,6 +335,17 @@ pub fn install(tree: &Path, k3s: &K3s, recipe: &LoadedRecipe, f: &Fetched) -> Re
         images: f.images.as_ref().map(|(_, i)| i.clone()),
         import_cache,
         manifests,
+        charts: f
+            .charts
+            .iter()
+            .map(|c| {
+                serde_json::json!({
+                    "name": c.helm.name, "chart": c.info.name, "version": c.info.version,
+                    "sha256": c.helm.sha256, "namespace": c.helm.namespace, "images": c.images_found,
+                    "url": c.helm.chart,
+                })
+            })
+            .collect(),
         download_seconds: f.download_seconds,
         pull_seconds: f.pull_seconds,
     })
@@ -342,6 +394,16 @@ pub fn sbom_components(k3s: &K3s, arch: &str, i: &Installed) -> Vec<Component> {
                 download: None,
             });
         }
+    }
+    for c in &i.charts {
+        let (name, version) = (c["chart"].as_str().unwrap_or_default(), c["version"].as_str().unwrap_or_default());
+        v.push(Component {
+            name: format!("helm chart {name}"),
+            version: version.to_string(),
+            purl: format!("pkg:helm/{name}@{version}"),
+            sha256: c["sha256"].as_str().map(String::from),
+            download: c["url"].as_str().map(String::from),
+        });
     }
     v
 }

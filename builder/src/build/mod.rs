@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod customize;
 pub mod disk;
+pub mod helm;
 pub mod k3s;
 mod outputs;
 pub mod report;
@@ -184,8 +185,10 @@ pub fn build(opts: &BuildOptions, rep: &dyn Reporter) -> Result<Built, BuildErro
     let tpm_tool = if recipe.recipe.updater.tpm { Some(find_tpm_tool(&updater, board.arch)?) } else { None };
     // Unpinned images are a recipe problem: say so before any slow work.
     if let Some(k) = &recipe.recipe.k3s {
-        let refs: Vec<crate::oci::ImageRef> =
-            k.images.iter().map(|r| crate::oci::ImageRef::parse(r).expect("validated with the recipe")).collect();
+        let refs: Vec<crate::oci::ImageRef> = k3s::all_images(k, &recipe)
+            .iter()
+            .map(|r| crate::oci::ImageRef::parse(r).expect("validated with the recipe"))
+            .collect();
         let lock = crate::oci::lock::LockFile::load(&crate::oci::lock::path_for(&recipe.source.path))
             .map_err(k3s::K3sError::from)?;
         crate::oci::lock::LockFile::pin(lock.as_ref(), &refs, &recipe.source.path).map_err(k3s::K3sError::from)?;

@@ -27,6 +27,9 @@ pub struct Recipe {
     /// The Kubernetes runtime (see config/k3s.rs).
     #[serde(default)]
     pub k3s: Option<super::k3s::K3s>,
+    /// Helm charts deployed offline by the runtime (see config/helm.rs).
+    #[serde(default, rename = "helm")]
+    pub helm: Vec<super::helm::Helm>,
     /// How devices take updates (see config/updater.rs).
     #[serde(default)]
     pub updater: super::updater::Updater,
@@ -364,6 +367,13 @@ impl Recipe {
         self.updater.validate(src, dir)?;
         if let Some(sb) = &self.secure_boot {
             sb.validate(src, dir)?;
+        }
+        let mut names = std::collections::BTreeSet::new();
+        for (i, h) in self.helm.iter().enumerate() {
+            h.validate(i, src, dir, self.k3s.is_some())?;
+            if !names.insert(&h.name) {
+                return Err(src.error_at(&format!("helm[{i}].name"), format!("chart `{}` is listed twice", h.name)));
+            }
         }
         for (key, url) in [("updater.server", &self.updater.server), ("updater.repository", &self.updater.repository)] {
             if url.as_deref().is_some_and(|u| u.starts_with("https://"))

@@ -138,11 +138,14 @@ pub struct LockChanges {
 pub fn lock_recipe(recipe_path: &Path, update: bool, insecure: &[String], cache: &Path) -> anyhow::Result<LockChanges> {
     use anyhow::Context;
     let recipe = crate::config::load_recipe(recipe_path)?;
+    // K3s's images and the charts' (each once).
     let images: Vec<ImageRef> = recipe
         .recipe
         .k3s
         .as_ref()
-        .map(|k| k.images.iter().map(|r| ImageRef::parse(r).expect("validated")).collect())
+        .map(|k| {
+            crate::build::k3s::all_images(k, &recipe).iter().map(|r| ImageRef::parse(r).expect("validated")).collect()
+        })
         .unwrap_or_default();
     let path = path_for(recipe_path);
     let old = LockFile::load(&path)?.unwrap_or(LockFile { version: LOCK_VERSION, images: BTreeMap::new() });
