@@ -23,6 +23,10 @@ pub struct DeviceK3s {
     pub import_cache: bool,
     /// Manifest file names in MANIFEST_DIR, synced into `<data_dir>/server/manifests`.
     pub manifests: Vec<String>,
+    /// The GitOps agent's repository needs credentials of this kind ("https" or "ssh"):
+    /// k3s-prepare writes them from the provisioning file into a Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gitops_auth: Option<String>,
 }
 
 impl DeviceK3s {

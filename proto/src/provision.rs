@@ -18,6 +18,36 @@ pub struct Provision {
     pub k3s: Option<K3sJoin>,
     #[serde(default)]
     pub updater: Option<UpdaterJoin>,
+    /// Credentials of the GitOps agent's repository (images with `[gitops] auth`).
+    #[serde(default)]
+    pub gitops: Option<GitopsAuth>,
+}
+
+/// Git credentials (secret): HTTPS username and password (or token), or an SSH deploy key
+/// with the server's known_hosts line.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GitopsAuth {
+    #[serde(default)]
+    pub username: Option<String>,
+    #[serde(default)]
+    pub password: Option<String>,
+    /// OpenSSH private key (PEM text).
+    #[serde(default)]
+    pub ssh_key: Option<String>,
+    #[serde(default)]
+    pub known_hosts: Option<String>,
+}
+
+impl GitopsAuth {
+    /// "https" or "ssh": which kind of credentials these are.
+    pub fn kind(&self) -> &'static str {
+        if self.ssh_key.is_some() {
+            "ssh"
+        } else {
+            "https"
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -75,6 +105,26 @@ impl Provision {
                 return Err("updater.enroll_token must be one line".into());
             }
         }
+        if let Some(g) = &self.gitops {
+            match (&g.username, &g.password, &g.ssh_key, &g.known_hosts) {
+                (Some(u), Some(p), None, None) => {
+                    if u.is_empty() || p.is_empty() || u.contains(['\n', '\r']) || p.contains(['\n', '\r']) {
+                        return Err("gitops.username and gitops.password must be one line each".into());
+                    }
+                }
+                (None, None, Some(k), Some(h)) => {
+                    if !k.contains("PRIVATE KEY-----") {
+                        return Err("gitops.ssh_key must be an OpenSSH private key (the whole PEM text)".into());
+                    }
+                    if h.trim().is_empty() {
+                        return Err("gitops.known_hosts must name the Git server's host key".into());
+                    }
+                }
+                _ => {
+                    return Err("[gitops] takes username and password (HTTPS), or ssh_key and known_hosts (SSH)".into())
+                }
+            }
+        }
         Ok(())
     }
 }
@@ -91,6 +141,15 @@ impl Provision {
             " updater.enroll_token=(set)"
         } else {
             ""
+        } + match &self.gitops {
+            Some(g) => {
+                if g.kind() == "ssh" {
+                    " gitops=(ssh key set)"
+                } else {
+                    " gitops=(https credentials set)"
+                }
+            }
+            None => "",
         }
     }
 }
@@ -98,6 +157,25 @@ impl Provision {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gitops_credentials_are_checked_and_redacted() {
+        let p = Provision::parse("[gitops]\nusername = \"edge\"\npassword = \"s3cret-pat\"\n").unwrap();
+        assert_eq!(p.gitops.as_ref().unwrap().kind(), "https");
+        assert!(p.summary().ends_with(" gitops=(https credentials set)") && !p.summary().contains("s3cret"));
+        let key = "-----BEGIN OPENSSH PRIVATE KEY-----\nabc\n-----END OPENSSH PRIVATE KEY-----\n";
+        let p = Provision::parse(&format!(
+            "[gitops]\nssh_key = '''\n{key}'''\nknown_hosts = \"git.example.com ssh-ed25519 AAAA\"\n"
+        ))
+        .unwrap();
+        assert_eq!(p.gitops.as_ref().unwrap().kind(), "ssh");
+        assert!(!p.summary().contains("abc"));
+        assert!(Provision::parse("[gitops]\nusername = \"edge\"\n").unwrap_err().contains("username and password"));
+        assert!(Provision::parse("[gitops]\nssh_key = \"-----BEGIN OPENSSH PRIVATE KEY-----\"\n").is_err());
+        assert!(Provision::parse("[gitops]\nssh_key = \"nope\"\nknown_hosts = \"h k\"\n")
+            .unwrap_err()
+            .contains("private key"));
+    }
 
     #[test]
     fn parse_validate_and_redact() {

@@ -41,8 +41,39 @@ helm_entry() { # helm_entry SHA256 IMAGES: a [[helm]] entry for the mirror's cha
     printf '\n[[helm]]\nname = "hello"\nchart = "http://127.0.0.1:%s/charts/hello-0.1.0.tgz"\nversion = "0.1.0"\nsha256 = "%s"\nnamespace = "apps"\nvalues = "replicas: 2\\n"\nimages = [%s]\n' \
         "$MIRROR_PORT" "$1" "$2"
 }
-render "$R/k3s-test.toml"
+# A stand-in for Flux's install.yaml on the mirror (its "controller" runs the app image).
+mkdir -p "$T/inputs/mirror/flux"
+cat >"$T/inputs/mirror/flux/install.yaml" <<YAML
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: flux-system
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: source-controller
+  namespace: flux-system
+spec:
+  template:
+    spec:
+      containers:
+      - name: manager
+        image: $REGISTRY/edgeimg/app:2.0
+YAML
+FLUX_SHA=$(sha256sum <"$T/inputs/mirror/flux/install.yaml" | cut -c1-64)
+gitops_section() { # gitops_section IMAGES [EXTRA LINES]: a [gitops] section for the mirror's install.yaml
+    printf '\n[gitops]\ninstall = "http://127.0.0.1:%s/flux/install.yaml"\nsha256 = "%s"\nimages = [%s]\nrepository = "https://git.example.com/fleet/edge-apps.git"\npath = "./clusters/edge"\nauth = "https"\n%b' \
+        "$MIRROR_PORT" "$FLUX_SHA" "$1" "${2:-}"
+}
+# node-exporter as a pre-pulled workload (monitoring/node-exporter.yaml; its image is not
+# reachable here, so the hello image stands in for it).
+sed "s|image: quay.io/prometheus/node-exporter:v1.9.1|image: $REGISTRY/edgeimg/hello:1.0@$HELLO_DIGEST|" \
+    "$ROOT/monitoring/node-exporter.yaml" >"$R/node-exporter.yaml"
+render "$R/k3s-test.toml" -e 's|^manifests = \["k3s-test/hello.yaml"\]|manifests = ["k3s-test/hello.yaml", "node-exporter.yaml"]|'
+grep -q '"node-exporter.yaml"' "$R/k3s-test.toml" || fail "recipe template changed: cannot add node-exporter.yaml"
 helm_entry "$CHART_SHA" "\"$REGISTRY/edgeimg/hello:1.0@$HELLO_DIGEST\"" >>"$R/k3s-test.toml"
+gitops_section "\"$REGISTRY/edgeimg/app:2.0\"" >>"$R/k3s-test.toml"
 build() { "$EDGEIMG" build --board qemu-x86_64 --out "$T/out" "$@"; }
 
 log "an image given by tag only and not locked is refused"
@@ -87,6 +118,12 @@ grep -q '^    replicas: 2$' "$HC" || fail "the recipe's values are not in values
 jq -e '.k3s.charts[0] | .name == "hello" and .version == "0.1.0" and (.images | length == 1)' "$B/report.json" >/dev/null \
     || fail "report.json k3s.charts: $(jq -c .k3s.charts "$B/report.json")"
 ok "helm-hello.yaml: a HelmChart carrying the pinned chart byte for byte (base64 -d | cmp), values inline"
+M=$T/x/usr/lib/edgeimg/k3s/manifests
+cmp -s "$M/flux-install.yaml" "$T/inputs/mirror/flux/install.yaml" || fail "flux-install.yaml is not the pinned install manifest"
+grep -q '^  url: "https://git.example.com/fleet/edge-apps.git"$' "$M/flux-sync.yaml" && grep -q '^    name: edgeimg-gitops-auth$' "$M/flux-sync.yaml" \
+    || fail "flux-sync.yaml does not point at the repository with the provisioned secret: $(cat "$M/flux-sync.yaml")"
+grep -rqs "INSECURE-test-git-password" "$T/x" && fail "a Git credential is in the image"
+ok "GitOps: the pinned install manifest, a GitRepository + Kustomization for the repository, no credential in the image"
 A=$(ls "$T"/x/usr/lib/edgeimg/k3s/images/edgeimg-images-*.tar)
 mkdir -p "$T/x/archive" && tar -xf "$A" -C "$T/x/archive"
 for f in "$T"/x/archive/blobs/sha256/*; do
@@ -113,7 +150,7 @@ kill "$CTRD_PID"; wait "$CTRD_PID" 2>/dev/null || true; CTRD_PID=
 
 log "boot: K3s (stand-in) imports the baked archives and runs the image; provisioning from the boot partition"
 cp --sparse=always "$B/disk.img" "$T/disk.img"
-printf 'hostname = "shop-042"\n[k3s]\ntoken = "K10-INSECURE-test-token"\n' >"$T/edgeimg-provision.toml"
+printf 'hostname = "shop-042"\n[k3s]\ntoken = "K10-INSECURE-test-token"\n[gitops]\nusername = "edge"\npassword = "INSECURE-test-git-password"\n' >"$T/edgeimg-provision.toml"
 MTOOLS_SKIP_CHECK=1 mcopy -i "$T/disk.img@@$(part_offset "$T/disk.img" esp)" "$T/edgeimg-provision.toml" ::/edgeimg-provision.toml
 t0=$(now)
 "$ROOT/tests/qemu-boot" --poweroff --timeout 700 --in-place --log "$T/boot.log" "$T/disk.img" || fail "boot failed (serial log $T/boot.log)"
@@ -125,7 +162,7 @@ expect k3s-prepare active "$L"
 expect_match k3s-links "edgeimg-images-[0-9a-f]{16}\.tar->/usr/lib/edgeimg/k3s/images/edgeimg-images-" "$L"
 expect_match k3s-links "k3s-airgap-images-amd64-[0-9a-f]{16}\.tar\.zst->/usr/lib/edgeimg/k3s/images/" "$L"
 expect k3s-cache-json no "$L"
-expect k3s-manifests "edgeimg-hello.yaml,edgeimg-helm-hello.yaml," "$L"
+expect k3s-manifests "edgeimg-flux-install.yaml,edgeimg-flux-sync.yaml,edgeimg-gitops-auth.yaml,edgeimg-hello.yaml,edgeimg-helm-hello.yaml,edgeimg-node-exporter.yaml," "$L"
 expect k3s-node-ready True "$L"
 expect k3s-kubeconfig-link /var/lib/rancher/k3s/k3s.yaml "$L"
 expect k3s-node-dir /var/lib/rancher/node "$L"
@@ -165,6 +202,18 @@ render "$R/chart-image.toml"
 helm_entry "$CHART_SHA" "" >>"$R/chart-image.toml"
 cp "$R/k3s-test.lock" "$R/chart-image.lock"
 must_fail "chart image not pulled" "chart hello runs image $REGISTRY/edgeimg/hello:1.0 (values: image) but helm[0].images does not list it" -- build --recipe "$R/chart-image.toml"
+render "$R/git-secret.toml"
+gitops_section "\"$REGISTRY/edgeimg/app:2.0\"" 'password = "hunter2"\n' >>"$R/git-secret.toml"
+must_fail "Git credential in the recipe" "gitops.password" -- build --recipe "$R/git-secret.toml"
+must_fail "Git credential in the recipe" "put the credentials in each device's provisioning file" -- build --recipe "$R/git-secret.toml"
+render "$R/git-url.toml"
+gitops_section "\"$REGISTRY/edgeimg/app:2.0\"" >>"$R/git-url.toml"
+sed -i 's|https://git.example.com/fleet|https://edge:hunter2@git.example.com/fleet|' "$R/git-url.toml"
+must_fail "Git credential in the repository URL" "the URL carries credentials" -- build --recipe "$R/git-url.toml"
+render "$R/flux-image.toml"
+gitops_section "" >>"$R/flux-image.toml"
+cp "$R/k3s-test.lock" "$R/flux-image.lock"
+must_fail "agent image not pulled" "the GitOps install manifest runs image $REGISTRY/edgeimg/app:2.0" -- build --recipe "$R/flux-image.toml"
 render "$R/bad-sha.toml" -e "s|sha256 = { amd64 = \"$K3S_SHA256\"|sha256 = { amd64 = \"$(printf '1%.0s' {1..64})\"|"
 cp "$R/k3s-test.lock" "$R/bad-sha.lock"
 must_fail "wrong K3s sha256" "K3s v1.34.2+k3s1 binary (k3s)" -- build --recipe "$R/bad-sha.toml"

@@ -10,6 +10,9 @@
 //!   manifests a previous release shipped and this one does not are removed and kept in
 //!   `/var/lib/edgeimg/k3s/removed/` (K3s does not delete resources of a removed file).
 //! - `/run/edgeimg/k3s.env` carries the join settings from the provisioning file.
+//! - The GitOps agent's credentials, when the release's repository needs them, become the
+//!   Secret `flux-system/edgeimg-gitops-auth` in `server/manifests/` (mode 0600, on /data):
+//!   from the provisioning file, never from the image.
 //!
 //! Every step is idempotent; a power cut anywhere is repaired by the next boot's run.
 
@@ -20,7 +23,7 @@ use std::path::{Path, PathBuf};
 use edgeimg_proto::k3s::{DeviceK3s, ARCHIVE_DIR, DEVICE_FILE, MANIFEST_DIR};
 
 use crate::fsutil::{at, atomic_symlink, atomic_write};
-use crate::provision::{K3S_SERVER, K3S_TOKEN};
+use crate::provision::{GITOPS_AUTH, K3S_SERVER, K3S_TOKEN};
 
 pub const STATE: &str = "/var/lib/edgeimg/k3s/manifests.json";
 pub const REMOVED: &str = "/var/lib/edgeimg/k3s/removed";
@@ -49,6 +52,55 @@ pub struct Report {
     pub manifests_written: Vec<String>,
     pub manifests_removed: Vec<String>,
     pub import_cache: bool,
+    /// The GitOps credentials Secret is in place (None: not needed).
+    pub gitops_secret: Option<bool>,
+}
+
+/// The Secret's file name in K3s's manifests directory.
+pub const GITOPS_SECRET_FILE: &str = "edgeimg-gitops-auth.yaml";
+
+/// Write (or remove) the GitOps credentials Secret.
+fn gitops_secret(root: &Path, k: &DeviceK3s, r: &mut Report) -> Result<(), PrepareError> {
+    let dst = at(root, &format!("{}/server/manifests/{GITOPS_SECRET_FILE}", k.data_dir));
+    let auth: Option<edgeimg_proto::provision::GitopsAuth> =
+        fs::read(at(root, GITOPS_AUTH)).ok().and_then(|b| serde_json::from_slice(&b).ok());
+    let Some(kind) = &k.gitops_auth else {
+        if dst.exists() {
+            fs::remove_file(&dst).map_err(io(&dst))?;
+        }
+        return Ok(());
+    };
+    let q = |s: &str| serde_json::to_string(s).unwrap_or_default();
+    let data = match &auth {
+        Some(a) if a.kind() == kind.as_str() => match (&a.username, &a.password, &a.ssh_key, &a.known_hosts) {
+            (Some(u), Some(p), _, _) => format!("  username: {}\n  password: {}\n", q(u), q(p)),
+            (_, _, Some(key), Some(hosts)) => format!("  identity: {}\n  known_hosts: {}\n", q(key), q(hosts)),
+            _ => String::new(),
+        },
+        _ => String::new(),
+    };
+    if data.is_empty() {
+        tracing::warn!(
+            "this release's GitOps repository needs {kind} credentials, but the provisioning file has no matching \
+             [gitops] section: the agent cannot fetch until the device is provisioned"
+        );
+        if dst.exists() {
+            fs::remove_file(&dst).map_err(io(&dst))?;
+        }
+        r.gitops_secret = Some(false);
+        return Ok(());
+    }
+    let text = format!(
+        "# Written by edgeimg-updater k3s-prepare from the provisioning file.\n\
+         apiVersion: v1\nkind: Secret\nmetadata:\n  name: edgeimg-gitops-auth\n  namespace: flux-system\n\
+         type: Opaque\nstringData:\n{data}"
+    );
+    if fs::read_to_string(&dst).ok().as_deref() != Some(text.as_str()) {
+        fs::create_dir_all(dst.parent().unwrap_or(Path::new("/"))).map_err(io(&dst))?;
+        atomic_write(&dst, text.as_bytes(), 0o600).map_err(io(&dst))?;
+    }
+    r.gitops_secret = Some(true);
+    Ok(())
 }
 
 pub fn run(root: &Path) -> Result<Option<Report>, PrepareError> {
@@ -64,6 +116,7 @@ pub fn run(root: &Path) -> Result<Option<Report>, PrepareError> {
     link_images(root, &k, &mut r)?;
     if k.role != "agent" {
         sync_manifests(root, &k, &mut r)?;
+        gitops_secret(root, &k, &mut r)?;
     }
     write_env(root, &k)?;
     Ok(Some(r))
@@ -174,6 +227,7 @@ mod tests {
             archives: archives.iter().map(|s| s.to_string()).collect(),
             import_cache: cache,
             manifests: manifests.iter().map(|s| s.to_string()).collect(),
+            gitops_auth: None,
         }
     }
 
@@ -231,6 +285,41 @@ mod tests {
         let env = fs::read_to_string(at(d.path(), ENV)).unwrap();
         assert!(env.contains("K3S_URL=https://10.0.0.1:6443") && env.contains("K3S_TOKEN_FILE="), "{env}");
         assert!(!env.contains("t\n\n"), "the token itself is not in the env file");
+    }
+
+    #[test]
+    fn gitops_credentials_become_a_secret_on_data_only() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path();
+        let mut k = k3s(&[], &["flux-sync.yaml"], false);
+        k.gitops_auth = Some("https".into());
+        image(root, &k, &[("flux-sync.yaml", "kind: GitRepository\n")]);
+        let secret = at(root, &format!("/var/lib/rancher/k3s/server/manifests/{GITOPS_SECRET_FILE}"));
+        // Not provisioned yet: no secret, a warning, K3s still starts.
+        assert_eq!(run(root).unwrap().unwrap().gitops_secret, Some(false));
+        assert!(!secret.exists());
+        // Provisioned (the provisioning step writes the JSON): the Secret appears, 0600.
+        let auth = r#"{"username":"edge","password":"pa\"ss"}"#;
+        atomic_write(&at(root, GITOPS_AUTH), auth.as_bytes(), 0o600).unwrap();
+        assert_eq!(run(root).unwrap().unwrap().gitops_secret, Some(true));
+        let text = fs::read_to_string(&secret).unwrap();
+        assert!(text.contains("kind: Secret\n") && text.contains("  namespace: flux-system\n"), "{text}");
+        assert!(text.contains("username: \"edge\"") && text.contains(r#"password: "pa\"ss""#), "{text}");
+        use std::os::unix::fs::PermissionsExt;
+        assert_eq!(fs::metadata(&secret).unwrap().permissions().mode() & 0o777, 0o600);
+        assert!(!fs::read_to_string(at(root, STATE)).unwrap().contains("gitops-auth"), "not a release manifest");
+        // SSH credentials for an https repository do not match: removed again.
+        let ssh = r#"{"ssh_key":"-----BEGIN OPENSSH PRIVATE KEY-----","known_hosts":"h k"}"#;
+        atomic_write(&at(root, GITOPS_AUTH), ssh.as_bytes(), 0o600).unwrap();
+        assert_eq!(run(root).unwrap().unwrap().gitops_secret, Some(false));
+        assert!(!secret.exists());
+        // A release without a GitOps repository needing credentials: nothing stays behind.
+        atomic_write(&at(root, GITOPS_AUTH), auth.as_bytes(), 0o600).unwrap();
+        run(root).unwrap();
+        assert!(secret.exists());
+        image(root, &k3s(&[], &[], false), &[]);
+        assert_eq!(run(root).unwrap().unwrap().gitops_secret, None);
+        assert!(!secret.exists());
     }
 
     #[test]

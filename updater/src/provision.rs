@@ -20,6 +20,8 @@ pub const K3S_TOKEN: &str = "/var/lib/edgeimg/k3s/token";
 pub const K3S_SERVER: &str = "/var/lib/edgeimg/k3s/server";
 /// The fleet enrollment token from the provisioning file (read by the report step).
 pub const ENROLL_TOKEN: &str = "/var/lib/edgeimg/enroll-token";
+/// The GitOps repository's credentials (JSON), for `k3s-prepare`.
+pub const GITOPS_AUTH: &str = "/var/lib/edgeimg/gitops-auth.json";
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProvisionError {
@@ -88,7 +90,10 @@ fn apply(root: &Path, p: &Provision, set_hostname: bool) -> Result<(), Provision
     }
     let k3s = p.k3s.clone().unwrap_or_default();
     let enroll = p.updater.clone().unwrap_or_default().enroll_token;
-    for (path, value) in [(K3S_TOKEN, k3s.token), (K3S_SERVER, k3s.server), (ENROLL_TOKEN, enroll)] {
+    let gitops = p.gitops.as_ref().and_then(|g| serde_json::to_string(g).ok());
+    for (path, value) in
+        [(K3S_TOKEN, k3s.token), (K3S_SERVER, k3s.server), (ENROLL_TOKEN, enroll), (GITOPS_AUTH, gitops)]
+    {
         let f = at(root, path);
         match value {
             Some(v) => {

@@ -149,9 +149,26 @@ fn walk(v: &Yaml, path: &str, app_version: Option<&str>, out: &mut Vec<(String, 
     }
 }
 
+/// Images named anywhere in a (multi-document) YAML text, e.g. an install manifest.
+pub fn images_in_manifest(what: &str, text: &str) -> Result<Vec<(String, String)>, HelmError> {
+    let docs =
+        YamlLoader::load_from_str(text).map_err(|e| HelmError::Values { name: what.into(), reason: e.to_string() })?;
+    let mut out = Vec::new();
+    for (i, d) in docs.iter().enumerate() {
+        let kind = d["kind"].as_str().unwrap_or("?");
+        let name = d["metadata"]["name"].as_str().unwrap_or("?");
+        let mut found = Vec::new();
+        walk(d, "", None, &mut found);
+        out.extend(found.into_iter().map(|(img, path)| (img, format!("document {} ({kind} {name}) {path}", i + 1))));
+    }
+    out.sort();
+    out.dedup_by(|a, b| a.0 == b.0);
+    Ok(out)
+}
+
 /// Does `listed` cover the image `found` names (same registry and repository; the same
 /// tag or digest where `found` gives one)?
-fn covers(listed: &ImageRef, found: &str) -> bool {
+pub fn covers(listed: &ImageRef, found: &str) -> bool {
     // A value without tag or digest still names a repository: match on that.
     let parsed = ImageRef::parse(found).or_else(|_| ImageRef::parse(&format!("{found}:latest")));
     let Ok(f) = parsed else { return false };

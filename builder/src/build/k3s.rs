@@ -40,6 +40,8 @@ pub enum K3sError {
     Lock(#[from] LockError),
     #[error(transparent)]
     Helm(#[from] super::helm::HelmError),
+    #[error(transparent)]
+    Gitops(#[from] super::gitops::GitopsError),
     #[error("{what}: {source}")]
     Io { what: String, source: std::io::Error },
 }
@@ -58,6 +60,8 @@ pub struct Fetched {
     pub images: Option<(PathBuf, ArchiveInfo)>,
     /// `[[helm]]` charts, downloaded and checked.
     pub charts: Vec<super::helm::Fetched>,
+    /// The `[gitops]` agent's install manifest, downloaded and checked.
+    pub gitops: Option<super::gitops::Fetched>,
     pub download_seconds: f64,
     pub pull_seconds: f64,
 }
@@ -116,6 +120,20 @@ pub fn fetch(k3s: &K3s, recipe: &LoadedRecipe, arch: &str, env: &FetchEnv<'_>) -
         let values = h.values_text(&recipe.dir).map_err(io(format!("reading helm[{i}].values_file")))?;
         charts.push(super::helm::check(i, h, &archive, &values)?);
     }
+    let gitops = match &recipe.recipe.gitops {
+        Some(g) => {
+            let (install, _) = rt.block_on(download::fetch(
+                &client,
+                &format!("GitOps agent ({}) install manifest", g.agent),
+                &g.install,
+                &g.sha256,
+                cache,
+                |d, t| rep.progress("k3s", d, t),
+            ))?;
+            Some(super::gitops::check(g, &install)?)
+        }
+        None => None,
+    };
     let download_seconds = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
@@ -146,19 +164,24 @@ pub fn fetch(k3s: &K3s, recipe: &LoadedRecipe, arch: &str, env: &FetchEnv<'_>) -
         airgap,
         images,
         charts,
+        gitops,
         download_seconds,
         pull_seconds: t.elapsed().as_secs_f64(),
     })
 }
 
-/// Every image to pre-pull: `k3s.images` and the charts' images, each once.
+/// Every image to pre-pull: `k3s.images`, the charts' and the GitOps agent's, each once.
 pub fn all_images(k3s: &K3s, recipe: &LoadedRecipe) -> Vec<String> {
     let mut v: Vec<String> = k3s.images.clone();
-    for h in &recipe.recipe.helm {
-        for i in &h.images {
-            if !v.contains(i) {
-                v.push(i.clone());
-            }
+    let more = recipe
+        .recipe
+        .helm
+        .iter()
+        .flat_map(|h| h.images.iter())
+        .chain(recipe.recipe.gitops.iter().flat_map(|g| g.images.iter()));
+    for i in more {
+        if !v.contains(i) {
+            v.push(i.clone());
         }
     }
     v
@@ -237,6 +260,8 @@ pub struct Installed {
     pub manifests: Vec<String>,
     /// `[[helm]]` charts: name, chart, version, archive sha256, the images their values name.
     pub charts: Vec<serde_json::Value>,
+    /// The GitOps agent: install manifest sha256, repository, branch, path, auth, images.
+    pub gitops: Option<serde_json::Value>,
     pub download_seconds: f64,
     pub pull_seconds: f64,
 }
@@ -283,6 +308,14 @@ pub fn install(tree: &Path, k3s: &K3s, recipe: &LoadedRecipe, f: &Fetched) -> Re
             .map_err(io("installing a HelmChart manifest"))?;
         manifests.push(name);
     }
+    if let Some(g) = &f.gitops {
+        let bytes = std::fs::read(&g.install).map_err(io("reading the cached GitOps install manifest"))?;
+        write_file(tree, &format!("{MANIFEST_DIR}/flux-install.yaml"), &bytes, 0o644)
+            .map_err(io("installing the GitOps agent"))?;
+        write_file(tree, &format!("{MANIFEST_DIR}/flux-sync.yaml"), super::gitops::sync_manifest(&g.gitops), 0o644)
+            .map_err(io("installing the GitOps sync manifest"))?;
+        manifests.extend(["flux-install.yaml".to_string(), "flux-sync.yaml".to_string()]);
+    }
     manifests.sort();
 
     let import_cache = k3s.import_cache_enabled();
@@ -293,6 +326,7 @@ pub fn install(tree: &Path, k3s: &K3s, recipe: &LoadedRecipe, f: &Fetched) -> Re
         archives,
         import_cache,
         manifests: manifests.clone(),
+        gitops_auth: f.gitops.as_ref().map(|g| g.gitops.auth.clone()).filter(|a| a != "none"),
     };
     let mut json = serde_json::to_vec_pretty(&device).map_err(|e| io("k3s.json")(std::io::Error::other(e)))?;
     json.push(b'\n');
@@ -346,6 +380,13 @@ pub fn install(tree: &Path, k3s: &K3s, recipe: &LoadedRecipe, f: &Fetched) -> Re
                 })
             })
             .collect(),
+        gitops: f.gitops.as_ref().map(|g| {
+            serde_json::json!({
+                "agent": g.gitops.agent, "install": g.gitops.install, "sha256": g.gitops.sha256,
+                "repository": g.gitops.repository, "branch": g.gitops.branch, "path": g.gitops.path,
+                "auth": g.gitops.auth, "images": g.images_found,
+            })
+        }),
         download_seconds: f.download_seconds,
         pull_seconds: f.pull_seconds,
     })
@@ -394,6 +435,15 @@ pub fn sbom_components(k3s: &K3s, arch: &str, i: &Installed) -> Vec<Component> {
                 download: None,
             });
         }
+    }
+    if let Some(g) = &i.gitops {
+        v.push(Component {
+            name: format!("{} install manifest", g["agent"].as_str().unwrap_or("gitops")),
+            version: g["sha256"].as_str().unwrap_or_default().chars().take(12).collect(),
+            purl: format!("pkg:generic/{}-install", g["agent"].as_str().unwrap_or("gitops")),
+            sha256: g["sha256"].as_str().map(String::from),
+            download: g["install"].as_str().map(String::from),
+        });
     }
     for c in &i.charts {
         let (name, version) = (c["chart"].as_str().unwrap_or_default(), c["version"].as_str().unwrap_or_default());

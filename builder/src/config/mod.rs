@@ -1,6 +1,7 @@
 //! Board and recipe files.
 
 pub mod board;
+pub mod gitops;
 pub mod helm;
 pub mod k3s;
 pub mod recipe;

@@ -30,6 +30,9 @@ pub struct Recipe {
     /// Helm charts deployed offline by the runtime (see config/helm.rs).
     #[serde(default, rename = "helm")]
     pub helm: Vec<super::helm::Helm>,
+    /// A GitOps agent baked in (see config/gitops.rs).
+    #[serde(default)]
+    pub gitops: Option<super::gitops::Gitops>,
     /// How devices take updates (see config/updater.rs).
     #[serde(default)]
     pub updater: super::updater::Updater,
@@ -367,6 +370,9 @@ impl Recipe {
         self.updater.validate(src, dir)?;
         if let Some(sb) = &self.secure_boot {
             sb.validate(src, dir)?;
+        }
+        if let Some(g) = &self.gitops {
+            g.validate(src, self.k3s.is_some())?;
         }
         let mut names = std::collections::BTreeSet::new();
         for (i, h) in self.helm.iter().enumerate() {
