@@ -21,13 +21,7 @@ struct World {
 }
 
 async fn world() -> World {
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().to_path_buf();
-    let keys = keyset(&dir.join("keys")).await;
-    let repo = Repo::new(dir.join("repo"));
-    publish_build(&repo, &keys, &fake_build(&dir, BOARD, "1.0.0", 100_000, 1), 1).await;
-    set_channel(&repo, &keys, BOARD, "1.0.0", 100, false).await;
-    let server = server::start(repo.dir.clone());
+    let Fleet { _d: d, dir, keys, repo, server } = fleet(BOARD, 100_000).await;
     let dev = Device::new(&dir, &server.url(), &keys.dir.join("root.json"), BOARD, "1.0.0", &[&["true"]]);
     dev.ok(&["run", "--once"]);
     World { _d: d, dir, keys, repo, server, dev }

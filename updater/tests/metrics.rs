@@ -7,9 +7,7 @@ mod common;
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};
 
-use common::device::Device;
 use common::*;
-use edgeimg_release::Repo;
 
 const BOARD: &str = "qemu-x86_64";
 
@@ -29,14 +27,9 @@ fn scrape(port: u16, path: &str) -> (String, String) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn metrics_follow_an_update_and_are_served_on_the_port() {
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().to_path_buf();
-    let keys = keyset(&dir.join("keys")).await;
-    let repo = Repo::new(dir.join("repo"));
-    publish_build(&repo, &keys, &fake_build(&dir, BOARD, "1.0.0", 200_000, 1), 1).await;
-    set_channel(&repo, &keys, BOARD, "1.0.0", 100, false).await;
-    let server = server::start(repo.dir.clone());
-    let dev = Device::new(&dir, &server.url(), &keys.dir.join("root.json"), BOARD, "1.0.0", &[&["true"]]);
+    let f = fleet(BOARD, 200_000).await;
+    let (dir, keys, repo) = (f.dir.clone(), &f.keys, &f.repo);
+    let dev = f.device(BOARD, "true");
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let cfg = std::fs::read_to_string(&dev.config).unwrap();
     std::fs::write(&dev.config, format!("metrics_listen = \"127.0.0.1:{port}\"\n{cfg}")).unwrap();
@@ -55,8 +48,8 @@ async fn metrics_follow_an_update_and_are_served_on_the_port() {
     assert!(sample(&m, "edgeimg_device_last_check_timestamp_seconds").unwrap() > 1.7e9, "checked just now");
 
     // 2.0.0 is installed and staged: progress complete, target named.
-    publish_build(&repo, &keys, &fake_build(&dir, BOARD, "2.0.0", 300_000, 1), 1).await;
-    set_channel(&repo, &keys, BOARD, "2.0.0", 100, false).await;
+    publish_build(repo, keys, &fake_build(&dir, BOARD, "2.0.0", 300_000, 1), 1).await;
+    set_channel(repo, keys, BOARD, "2.0.0", 100, false).await;
     assert!(dev.ok(&["run", "--once"]).contains("staged"));
     let m = dev.ok(&["metrics"]);
     assert_eq!(sample(&m, "edgeimg_device_update_state{state=\"staged\"}"), Some(1.0), "{m}");

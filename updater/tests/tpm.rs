@@ -9,7 +9,6 @@ use std::path::PathBuf;
 
 use common::device::Device;
 use common::*;
-use edgeimg_release::Repo;
 use edgeimg_tpm::swtpm::Swtpm;
 
 const BOARD: &str = "qemu-x86_64";
@@ -34,22 +33,17 @@ fn tpm_floor(sw: &Swtpm) -> u64 {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tpm_floor_outlives_the_state_file_and_blocks_older_releases() {
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().to_path_buf();
-    let keys = keyset(&dir.join("keys")).await;
-    let repo = Repo::new(dir.join("repo"));
-    publish_build(&repo, &keys, &fake_build(&dir, BOARD, "1.0.0", 200_000, 1), 1).await;
-    set_channel(&repo, &keys, BOARD, "1.0.0", 100, false).await;
-    let server = server::start(repo.dir.clone());
+    let f = fleet(BOARD, 200_000).await;
+    let (dir, keys, repo) = (f.dir.clone(), &f.keys, &f.repo);
     let sw = Swtpm::start(&dir.join("tpm-state"));
-    let dev = Device::new(&dir, &server.url(), &keys.dir.join("root.json"), BOARD, "1.0.0", &[&["true"]]);
+    let dev = f.device(BOARD, "true");
     with_tpm(&dev, &sw.tcti());
     dev.ok(&["run", "--once"]);
     assert_eq!(dev.status()["security_floor_storage"], "tpm-nv");
 
     // 2.0.0 with security version 3: installed, tried, committed: the TPM floor follows.
-    publish_build(&repo, &keys, &fake_build(&dir, BOARD, "2.0.0", 400_000, 3), 3).await;
-    set_channel(&repo, &keys, BOARD, "2.0.0", 100, false).await;
+    publish_build(repo, keys, &fake_build(&dir, BOARD, "2.0.0", 400_000, 3), 3).await;
+    set_channel(repo, keys, BOARD, "2.0.0", 100, false).await;
     assert!(dev.ok(&["run", "--once"]).contains("staged"));
     assert_eq!(dev.power_on(BOARD), edgeimg_proto::Slot::B);
     dev.ok(&["health"]);
@@ -63,8 +57,8 @@ async fn tpm_floor_outlives_the_state_file_and_blocks_older_releases() {
     std::fs::write(&state, serde_json::to_vec(&p).unwrap()).unwrap();
     assert_eq!(dev.status()["security_floor"], 3, "the TPM keeps the floor");
     // A newer version number with an older security version is refused.
-    publish_build(&repo, &keys, &fake_build(&dir, BOARD, "3.0.0", 400_000, 2), 2).await;
-    set_channel(&repo, &keys, BOARD, "3.0.0", 100, false).await;
+    publish_build(repo, keys, &fake_build(&dir, BOARD, "3.0.0", 400_000, 2), 2).await;
+    set_channel(repo, keys, BOARD, "3.0.0", 100, false).await;
     let o = dev.run(&["run", "--once"], &[]);
     let text = String::from_utf8_lossy(&o.stderr).to_string() + &String::from_utf8_lossy(&o.stdout);
     assert!(text.contains("below this device's floor 3"), "{text}");

@@ -5,31 +5,17 @@ mod common;
 
 use common::device::Device;
 use common::*;
-use edgeimg_release::Repo;
 
 const BOARD: &str = "qemu-x86_64";
 
-struct Env {
-    _d: tempfile::TempDir,
-    dir: std::path::PathBuf,
-    keys: edgeimg_release::KeyDir,
-    repo: Repo,
-    server: server::Server,
-}
+type Env = Fleet;
 
 async fn env() -> Env {
-    let d = tempfile::tempdir().unwrap();
-    let dir = d.path().to_path_buf();
-    let keys = keyset(&dir.join("keys")).await;
-    let repo = Repo::new(dir.join("repo"));
-    publish_build(&repo, &keys, &fake_build(&dir, BOARD, "1.0.0", 600_000, 1), 1).await;
-    set_channel(&repo, &keys, BOARD, "1.0.0", 100, false).await;
-    let server = server::start(repo.dir.clone());
-    Env { _d: d, dir, keys, repo, server }
+    fleet(BOARD, 600_000).await
 }
 
 fn device(e: &Env, health: &str) -> Device {
-    Device::new(&e.dir, &e.server.url(), &e.keys.dir.join("root.json"), BOARD, "1.0.0", &[&[health]])
+    e.device(BOARD, health)
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -103,7 +103,7 @@ impl Gitops {
         if let Some((user, _)) = authority.rsplit_once('@') {
             // ssh://git@host/... names the SSH user, which is no secret; anything else
             // before '@' (user:password, a token) is a credential.
-            if !(scheme == "ssh" && !user.contains(':')) {
+            if scheme != "ssh" || user.contains(':') {
                 return Err(src.error_at(
                     "gitops.repository",
                     "the URL carries credentials: give the repository without them and put them in each device's \

@@ -17,6 +17,41 @@ use edgeimg_release::rollout::{self, Change};
 use edgeimg_release::{KeyDir, Lifetimes, Repo};
 use sha2::{Digest, Sha256};
 
+/// A repository with 1.0.0 of `board` (a fake build with a root image of `root_len`
+/// bytes) at 100% on stable, served on 127.0.0.1.
+pub struct Fleet {
+    pub _d: tempfile::TempDir,
+    pub dir: PathBuf,
+    pub keys: KeyDir,
+    pub repo: Repo,
+    pub server: server::Server,
+}
+
+pub async fn fleet(board: &str, root_len: usize) -> Fleet {
+    let d = tempfile::tempdir().unwrap();
+    let dir = d.path().to_path_buf();
+    let keys = keyset(&dir.join("keys")).await;
+    let repo = Repo::new(dir.join("repo"));
+    publish_build(&repo, &keys, &fake_build(&dir, board, "1.0.0", root_len, 1), 1).await;
+    set_channel(&repo, &keys, board, "1.0.0", 100, false).await;
+    let server = server::start(repo.dir.clone());
+    Fleet { _d: d, dir, keys, repo, server }
+}
+
+impl Fleet {
+    /// A device of this fleet running 1.0.0 with one health command.
+    pub fn device(&self, board: &str, health: &str) -> device::Device {
+        device::Device::new(
+            &self.dir,
+            &self.server.url(),
+            &self.keys.dir.join("root.json"),
+            board,
+            "1.0.0",
+            &[&[health]],
+        )
+    }
+}
+
 pub fn now() -> jiff::Timestamp {
     jiff::Timestamp::now()
 }
