@@ -74,9 +74,22 @@ impl ReleaseManifest {
         self.artifacts.iter().find(|a| a.name == name)
     }
 
-    /// Total bytes a full install downloads.
+    /// Does an install into `slot` need this artifact? Root image and hash tree always;
+    /// a boot file only if that slot's boot files name it (with Secure Boot each slot has
+    /// its own signed UKI: the other slot's is never downloaded).
+    pub fn needed_for(&self, slot: Slot, a: &ReleaseArtifact) -> bool {
+        a.kind != ArtifactKind::BootFile
+            || self.slots.get(&slot).is_some_and(|s| s.files.iter().any(|f| f.artifact == a.name))
+    }
+
+    /// Bytes an install into `slot` downloads.
+    pub fn download_size_for(&self, slot: Slot) -> u64 {
+        self.artifacts.iter().filter(|a| self.needed_for(slot, a)).map(|a| a.size).sum()
+    }
+
+    /// Most bytes a full install downloads (into either slot).
     pub fn download_size(&self) -> u64 {
-        self.artifacts.iter().map(|a| a.size).sum()
+        Slot::ALL.iter().map(|&s| self.download_size_for(s)).max().unwrap_or(0)
     }
 }
 

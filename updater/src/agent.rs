@@ -309,6 +309,11 @@ impl Agent {
         let opts = install::Options { rate_limit: self.settings.rate_limit, retries: 12 };
         while artifact < plan.manifest.artifacts.len() {
             let a = &plan.manifest.artifacts[artifact];
+            if !plan.manifest.needed_for(target, a) {
+                // The other slot's boot file (its own UKI): not downloaded.
+                artifact += 1;
+                continue;
+            }
             let (_, url) =
                 plan.sources.get(&a.name).ok_or_else(|| AgentError::Other(format!("no source for {}", a.name)))?;
             let dest = self.dest(a.kind, &a.name, target);
@@ -328,7 +333,7 @@ impl Agent {
             p.state = State::Downloading { manifest: Box::new(plan.manifest.clone()), target, artifact, offset: 0 };
             self.dir.save(&p)?;
         }
-        for a in &plan.manifest.artifacts {
+        for a in plan.manifest.artifacts.iter().filter(|a| plan.manifest.needed_for(target, a)) {
             install::verify(&a.name, &self.dest(a.kind, &a.name, target), a.size, &a.sha256)?;
         }
         p.state = State::Verified { manifest: Box::new(plan.manifest.clone()), target };

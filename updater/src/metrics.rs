@@ -83,12 +83,13 @@ pub fn render(agent: &Agent) -> String {
         );
     }
     let (done, total) = match &p.state {
-        State::Downloading { manifest, artifact, offset, .. } => {
-            let before: u64 = manifest.artifacts.iter().take(*artifact).map(|a| a.size).sum();
-            (before + offset, manifest.artifacts.iter().map(|a| a.size).sum())
+        State::Downloading { manifest, artifact, offset, target } => {
+            let needed = |a: &&edgeimg_proto::release::ReleaseArtifact| manifest.needed_for(*target, a);
+            let before: u64 = manifest.artifacts.iter().take(*artifact).filter(needed).map(|a| a.size).sum();
+            (before + offset, manifest.download_size_for(*target))
         }
-        State::Verified { manifest, .. } | State::Staged { manifest, .. } => {
-            let t = manifest.artifacts.iter().map(|a| a.size).sum();
+        State::Verified { manifest, target } | State::Staged { manifest, target, .. } => {
+            let t = manifest.download_size_for(*target);
             (t, t)
         }
         _ => (0, 0),

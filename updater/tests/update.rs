@@ -135,3 +135,28 @@ async fn two_updates_alternate_slots() {
     dev.ok(&["rollback", "--no-reboot"]);
     assert_eq!(dev.power_on(BOARD), edgeimg_proto::Slot::B);
 }
+
+/// A Secure Boot release carries one signed UKI per slot: an install downloads only the
+/// target slot's, boots it through an `efi` entry, and commits as before.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_secure_boot_release_downloads_only_the_target_slots_uki() {
+    let e = env().await;
+    let dev = device(&e, "true");
+    dev.ok(&["run", "--once"]);
+    const UKI: u64 = 1_000_000;
+    let b = fake_build_uki(&e.dir, BOARD, "2.0.0", 300_000, UKI as usize);
+    publish_build(&e.repo, &e.keys, &b, 1).await;
+    set_channel(&e.repo, &e.keys, BOARD, "2.0.0", 100, false).await;
+    let before = e.server.faults.sent.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(dev.ok(&["run", "--once"]).contains("staged"));
+    let sent = e.server.faults.sent.load(std::sync::atomic::Ordering::SeqCst) - before;
+    let needed = 300_000 + 8192 + UKI;
+    assert!(sent >= needed && sent < needed + UKI / 2, "sent {sent} bytes; slot B needs {needed}, not slot A's UKI");
+    let entry = std::fs::read_to_string(dev.root.join("efi/loader/entries/slot-b+1.conf")).unwrap();
+    assert!(entry.contains("efi        /edgeimg/slot-b/uki.efi\n") && !entry.contains("options"), "{entry}");
+    assert_eq!(std::fs::metadata(dev.root.join("efi/edgeimg/slot-b/uki.efi")).unwrap().len(), UKI);
+    assert!(!dev.root.join("efi/edgeimg/slot-a/uki.efi").exists());
+    assert_eq!(dev.power_on(BOARD), edgeimg_proto::Slot::B);
+    dev.ok(&["health"]);
+    assert_eq!(dev.status()["running"]["version"], "2.0.0");
+}

@@ -74,17 +74,35 @@ pub async fn keyset(dir: &Path) -> KeyDir {
 /// A build directory whose root image is `root_len` bytes of content derived from the
 /// version (so releases differ).
 pub fn fake_build(dir: &Path, board: &str, version: &str, root_len: usize, security_version: u64) -> PathBuf {
+    fake_build_with(dir, board, version, root_len, security_version, None)
+}
+
+/// Like `fake_build`, but each slot boots its own `uki-<slot>.efi` of `uki_len` bytes (what
+/// a Secure Boot build makes).
+pub fn fake_build_uki(dir: &Path, board: &str, version: &str, root_len: usize, uki_len: usize) -> PathBuf {
+    fake_build_with(dir, board, version, root_len, 1, Some(uki_len))
+}
+
+fn fake_build_with(
+    dir: &Path,
+    board: &str,
+    version: &str,
+    root_len: usize,
+    security_version: u64,
+    uki: Option<usize>,
+) -> PathBuf {
     let b = dir.join(format!("build-{board}-{version}"));
     let p = b.join("payload");
     std::fs::create_dir_all(&p).unwrap();
     let seed = Sha256::digest(version.as_bytes());
     let mut artifacts = Vec::new();
-    for (name, kind, len) in [
-        ("root.img", ArtifactKind::RootImage, root_len),
-        ("root.verity", ArtifactKind::VerityTree, 8192),
-        ("linux", ArtifactKind::BootFile, 3000),
-        ("initrd", ArtifactKind::BootFile, 5000),
-    ] {
+    let mut files =
+        vec![("root.img", ArtifactKind::RootImage, root_len), ("root.verity", ArtifactKind::VerityTree, 8192)];
+    match uki {
+        None => files.extend([("linux", ArtifactKind::BootFile, 3000), ("initrd", ArtifactKind::BootFile, 5000)]),
+        Some(n) => files.extend([("uki-a.efi", ArtifactKind::BootFile, n), ("uki-b.efi", ArtifactKind::BootFile, n)]),
+    }
+    for (name, kind, len) in files {
         let content: Vec<u8> =
             (0..len).map(|i| seed[i % 32] ^ (i as u8).wrapping_mul(7) ^ name.len() as u8 ^ (i >> 12) as u8).collect();
         std::fs::write(p.join(name), &content).unwrap();
@@ -103,10 +121,15 @@ pub fn fake_build(dir: &Path, board: &str, version: &str, root_len: usize, secur
                 s,
                 SlotBoot {
                     cmdline: format!("ro roothash={} edgeimg.slot={}", hex::encode(seed), s.letter()),
-                    files: vec![
-                        BootFile { artifact: "linux".into(), path: format!("{d}/linux") },
-                        BootFile { artifact: "initrd".into(), path: format!("{d}/initrd") },
-                    ],
+                    files: match uki {
+                        None => vec![
+                            BootFile { artifact: "linux".into(), path: format!("{d}/linux") },
+                            BootFile { artifact: "initrd".into(), path: format!("{d}/initrd") },
+                        ],
+                        Some(_) => {
+                            vec![BootFile { artifact: format!("uki-{}.efi", s.letter()), path: format!("{d}/uki.efi") }]
+                        }
+                    },
                 },
             )
         })
