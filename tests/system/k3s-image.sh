@@ -11,7 +11,8 @@ source "$(dirname "$0")/../lib.sh"
 source "$ROOT/tests/lib-images.sh"
 trap 'stop_services; [ -n "${CTRD_PID:-}" ] && kill "$CTRD_PID" 2>/dev/null; true' EXIT
 
-rm -rf "$T/out" "$T/recipe" "$T/x" "$T"/*.log
+# A fresh registry: an earlier run tampers a layer in its storage on purpose.
+rm -rf "$T/out" "$T/recipe" "$T/x" "$T/registry" "$T"/*.log
 log "inputs on 127.0.0.1: registry, test images, K3s stand-in mirror"
 start_registry "$T/registry"
 make_test_images "$T/inputs"
@@ -37,6 +38,30 @@ printf 'image:\n  repository: %s/edgeimg/hello\n  tag: "1.0"\nreplicas: 1\n' "$R
 printf 'apiVersion: apps/v1\nkind: Deployment\nmetadata:\n  name: {{ .Release.Name }}\n' >"$T/chart/hello/templates/deployment.yaml"
 tar -czf "$T/inputs/mirror/charts/hello-0.1.0.tgz" -C "$T/chart" hello
 CHART_SHA=$(sha256sum <"$T/inputs/mirror/charts/hello-0.1.0.tgz" | cut -c1-64)
+# The same chart in the registry, the way `helm push` stores it (an OCI manifest with the
+# chart as its layer), pushed with the registry API.
+push_blob() { # push_blob REPO FILE: upload a blob, print its digest
+    local d loc sep
+    d=sha256:$(sha256sum <"$2" | cut -c1-64)
+    loc=$(curl -sfi -X POST "http://$REGISTRY/v2/$1/blobs/uploads/" | awk -F': ' 'tolower($1) == "location" {print $2}' | tr -d '\r')
+    case $loc in http*) ;; *) loc=http://$REGISTRY$loc ;; esac
+    sep='?'; [[ $loc == *\?* ]] && sep='&'
+    curl -sf -X PUT -H 'Content-Type: application/octet-stream' --data-binary @"$2" "$loc${sep}digest=$d" >/dev/null \
+        || fail "cannot push $2 to $REGISTRY/$1"
+    echo "$d"
+}
+printf '{"name":"hello","version":"0.1.0","apiVersion":"v2","appVersion":"1.0"}' >"$T/chart-config.json"
+CFG=$(push_blob charts/hello "$T/chart-config.json")
+LAYER=$(push_blob charts/hello "$T/inputs/mirror/charts/hello-0.1.0.tgz")
+[ "$LAYER" = "sha256:$CHART_SHA" ] || fail "the chart layer's digest is not the archive's sha256"
+printf '{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.cncf.helm.config.v1+json","digest":"%s","size":%s},"layers":[{"mediaType":"application/vnd.cncf.helm.chart.content.v1.tar+gzip","digest":"%s","size":%s}]}' \
+    "$CFG" "$(stat -c %s "$T/chart-config.json")" "$LAYER" "$(stat -c %s "$T/inputs/mirror/charts/hello-0.1.0.tgz")" >"$T/chart-manifest.json"
+curl -sf -X PUT -H 'Content-Type: application/vnd.oci.image.manifest.v1+json' --data-binary @"$T/chart-manifest.json" \
+    "http://$REGISTRY/v2/charts/hello/manifests/0.1.0" >/dev/null || fail "cannot push the chart manifest"
+oci_helm_entry() { # oci_helm_entry SHA256: a [[helm]] entry for the chart in the registry
+    printf '\n[[helm]]\nname = "hello-oci"\nchart = "oci://%s/charts/hello"\nversion = "0.1.0"\nsha256 = "%s"\nnamespace = "apps"\nimages = ["%s/edgeimg/hello:1.0@%s"]\n' \
+        "$REGISTRY" "$1" "$REGISTRY" "$HELLO_DIGEST"
+}
 helm_entry() { # helm_entry SHA256 IMAGES: a [[helm]] entry for the mirror's chart
     printf '\n[[helm]]\nname = "hello"\nchart = "http://127.0.0.1:%s/charts/hello-0.1.0.tgz"\nversion = "0.1.0"\nsha256 = "%s"\nnamespace = "apps"\nvalues = "replicas: 2\\n"\nimages = [%s]\n' \
         "$MIRROR_PORT" "$1" "$2"
@@ -73,6 +98,7 @@ sed "s|image: quay.io/prometheus/node-exporter:v1.9.1|image: $REGISTRY/edgeimg/h
 render "$R/k3s-test.toml" -e 's|^manifests = \["k3s-test/hello.yaml"\]|manifests = ["k3s-test/hello.yaml", "node-exporter.yaml"]|'
 grep -q '"node-exporter.yaml"' "$R/k3s-test.toml" || fail "recipe template changed: cannot add node-exporter.yaml"
 helm_entry "$CHART_SHA" "\"$REGISTRY/edgeimg/hello:1.0@$HELLO_DIGEST\"" >>"$R/k3s-test.toml"
+oci_helm_entry "$CHART_SHA" >>"$R/k3s-test.toml"
 gitops_section "\"$REGISTRY/edgeimg/app:2.0\"" >>"$R/k3s-test.toml"
 build() { "$EDGEIMG" build --board qemu-x86_64 --out "$T/out" "$@"; }
 
@@ -118,6 +144,9 @@ grep -q '^    replicas: 2$' "$HC" || fail "the recipe's values are not in values
 jq -e '.k3s.charts[0] | .name == "hello" and .version == "0.1.0" and (.images | length == 1)' "$B/report.json" >/dev/null \
     || fail "report.json k3s.charts: $(jq -c .k3s.charts "$B/report.json")"
 ok "helm-hello.yaml: a HelmChart carrying the pinned chart byte for byte (base64 -d | cmp), values inline"
+sed -n 's/^  chartContent: //p' "$T/x/usr/lib/edgeimg/k3s/manifests/helm-hello-oci.yaml" | base64 -d | cmp -s - "$T/inputs/mirror/charts/hello-0.1.0.tgz" \
+    || fail "helm-hello-oci.yaml does not carry the chart pulled from the registry"
+ok "helm-hello-oci.yaml: the same chart pulled from the OCI registry (oci://$REGISTRY/charts/hello, version 0.1.0 = tag)"
 M=$T/x/usr/lib/edgeimg/k3s/manifests
 cmp -s "$M/flux-install.yaml" "$T/inputs/mirror/flux/install.yaml" || fail "flux-install.yaml is not the pinned install manifest"
 grep -q '^  url: "https://git.example.com/fleet/edge-apps.git"$' "$M/flux-sync.yaml" && grep -q '^    name: edgeimg-gitops-auth$' "$M/flux-sync.yaml" \
@@ -162,7 +191,7 @@ expect k3s-prepare active "$L"
 expect_match k3s-links "edgeimg-images-[0-9a-f]{16}\.tar->/usr/lib/edgeimg/k3s/images/edgeimg-images-" "$L"
 expect_match k3s-links "k3s-airgap-images-amd64-[0-9a-f]{16}\.tar\.zst->/usr/lib/edgeimg/k3s/images/" "$L"
 expect k3s-cache-json no "$L"
-expect k3s-manifests "edgeimg-flux-install.yaml,edgeimg-flux-sync.yaml,edgeimg-gitops-auth.yaml,edgeimg-hello.yaml,edgeimg-helm-hello.yaml,edgeimg-node-exporter.yaml," "$L"
+expect k3s-manifests "edgeimg-flux-install.yaml,edgeimg-flux-sync.yaml,edgeimg-gitops-auth.yaml,edgeimg-hello.yaml,edgeimg-helm-hello-oci.yaml,edgeimg-helm-hello.yaml,edgeimg-node-exporter.yaml," "$L"
 expect k3s-node-ready True "$L"
 expect k3s-kubeconfig-link /var/lib/rancher/k3s/k3s.yaml "$L"
 expect k3s-node-dir /var/lib/rancher/node "$L"
@@ -198,6 +227,10 @@ helm_entry "$(printf '2%.0s' {1..64})" "\"$REGISTRY/edgeimg/hello:1.0@$HELLO_DIG
 cp "$R/k3s-test.lock" "$R/bad-chart.lock"
 must_fail "wrong chart sha256" "Helm chart hello 0.1.0 (helm[0])" -- build --recipe "$R/bad-chart.toml"
 must_fail "wrong chart sha256" "has sha256 $CHART_SHA" -- build --recipe "$R/bad-chart.toml"
+render "$R/bad-oci-chart.toml"
+oci_helm_entry "$(printf '3%.0s' {1..64})" >>"$R/bad-oci-chart.toml"
+cp "$R/k3s-test.lock" "$R/bad-oci-chart.lock"
+must_fail "wrong OCI chart digest" "Helm chart sha256:$(printf '3%.0s' {1..64}): the registry sent content with digest sha256:$CHART_SHA" -- build --recipe "$R/bad-oci-chart.toml"
 render "$R/chart-image.toml"
 helm_entry "$CHART_SHA" "" >>"$R/chart-image.toml"
 cp "$R/k3s-test.lock" "$R/chart-image.lock"

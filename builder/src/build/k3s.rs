@@ -109,14 +109,21 @@ pub fn fetch(k3s: &K3s, recipe: &LoadedRecipe, arch: &str, env: &FetchEnv<'_>) -
     };
     let mut charts = Vec::new();
     for (i, h) in recipe.recipe.helm.iter().enumerate() {
-        let (archive, _) = rt.block_on(download::fetch(
-            &client,
-            &format!("Helm chart {} {} (helm[{i}])", h.name, h.version),
-            &h.chart,
-            &h.sha256,
-            cache,
-            |d, t| rep.progress("k3s", d, t),
-        ))?;
+        let archive = if h.chart.starts_with("oci://") {
+            let r = h.oci_ref().expect("validated with the recipe");
+            let puller = Puller::new(cache, &Puller::insecure_list(insecure, std::slice::from_ref(&r)))?;
+            rt.block_on(puller.pull_chart(&r, &h.sha256))?
+        } else {
+            rt.block_on(download::fetch(
+                &client,
+                &format!("Helm chart {} {} (helm[{i}])", h.name, h.version),
+                &h.chart,
+                &h.sha256,
+                cache,
+                |d, t| rep.progress("k3s", d, t),
+            ))?
+            .0
+        };
         let values = h.values_text(&recipe.dir).map_err(io(format!("reading helm[{i}].values_file")))?;
         charts.push(super::helm::check(i, h, &archive, &values)?);
     }

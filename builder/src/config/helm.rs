@@ -63,19 +63,23 @@ impl Helm {
         if !is_dns_label(&self.namespace) {
             return Err(src.error_at(&key("namespace"), "a namespace name: lowercase letters, digits and '-'"));
         }
-        if self.chart.starts_with("oci://") {
-            return Err(src.error_at(
-                &key("chart"),
-                "charts from OCI registries are not supported yet: give the chart archive's https:// URL",
-            ));
-        }
-        if !["https://", "http://", "file://"].iter().any(|p| self.chart.starts_with(p))
-            || !self.chart.ends_with(".tgz")
-        {
-            return Err(src.error_at(&key("chart"), "the URL of a chart archive (.tgz): https://, http:// or file://"));
-        }
         if semver::Version::parse(&self.version).is_err() {
             return Err(src.error_at(&key("version"), format!("`{}` is not a chart version like 1.2.3", self.version)));
+        }
+        if self.chart.starts_with("oci://") {
+            self.oci_ref().map_err(|e| {
+                src.error_at(
+                    &key("chart"),
+                    format!("an OCI chart reference such as oci://ghcr.io/org/charts/name ({e})"),
+                )
+            })?;
+        } else if !["https://", "http://", "file://"].iter().any(|p| self.chart.starts_with(p))
+            || !self.chart.ends_with(".tgz")
+        {
+            return Err(src.error_at(
+                &key("chart"),
+                "the URL of a chart archive (.tgz: https://, http:// or file://) or an oci:// chart reference",
+            ));
         }
         if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
             return Err(src.error_at(&key("sha256"), "64 lowercase hex digits: the chart archive's sha256"));
@@ -93,6 +97,15 @@ impl Helm {
             crate::oci::ImageRef::parse(r).map_err(|e| src.error_at(&format!("helm[{i}].images[{j}]"), e))?;
         }
         Ok(())
+    }
+
+    /// For `oci://registry/repository` charts: the reference of the chart's version tag.
+    pub fn oci_ref(&self) -> Result<crate::oci::ImageRef, String> {
+        let path = self.chart.strip_prefix("oci://").ok_or("not an oci:// reference")?;
+        if path.contains('@') || path.rsplit('/').next().is_some_and(|last| last.contains(':')) {
+            return Err("give the chart without tag or digest: the version is the tag, sha256 pins it".into());
+        }
+        crate::oci::ImageRef::parse(&format!("{path}:{}", self.version.replace('+', "_")))
     }
 
     /// The values YAML (inline or from the file).
@@ -138,8 +151,9 @@ mod tests {
         let e = load(&format!("{K3S}{}", chart("images = [\"nginx\"]\n"))).unwrap_err();
         assert!(e.contains("helm[0].images[0]"), "{e}");
         let oci = chart("").replace("https://charts.example.com/hello-0.1.0.tgz", "oci://ghcr.io/x/hello");
-        let e = load(&format!("{K3S}{oci}")).unwrap_err();
-        assert!(e.contains("OCI registries are not supported yet"), "{e}");
+        load(&format!("{K3S}{oci}")).unwrap();
+        let tagged = chart("").replace("https://charts.example.com/hello-0.1.0.tgz", "oci://ghcr.io/x/hello:0.1.0");
+        assert!(load(&format!("{K3S}{tagged}")).unwrap_err().contains("the version is the tag"));
         let bad = chart("").replace(&"a".repeat(64), "abc");
         assert!(load(&format!("{K3S}{bad}")).unwrap_err().contains("helm[0].sha256"));
     }

@@ -263,6 +263,46 @@ impl Puller {
         Ok(())
     }
 
+    /// Pull a Helm chart stored in an OCI registry (`helm push`): the manifest of `chart`'s
+    /// tag (the chart version), whose chart layer must have the pinned digest. Returns the
+    /// verified archive in the blob cache.
+    pub async fn pull_chart(&self, chart: &ImageRef, sha256: &str) -> Result<PathBuf, PullError> {
+        const CHART_LAYER: &str = "application/vnd.cncf.helm.chart.content.v1.tar+gzip";
+        let want = format!("sha256:{sha256}");
+        let known = Descriptor { media_type: CHART_LAYER.into(), digest: want.clone(), size: 0 };
+        let cached = self.blob_path(&known.digest);
+        if cached.is_file() && crate::fsutil::sha256_file(&cached).ok().as_deref() == Some(sha256) {
+            return Ok(cached);
+        }
+        let tag = chart.tag.clone().unwrap_or_default();
+        let r = Reference::with_tag(chart.api_registry().to_string(), chart.repository.clone(), tag);
+        let (bytes, _) = self
+            .client
+            .pull_manifest_raw(&r, &auth_for(chart.api_registry()), &[MANIFEST_TYPES[0], MANIFEST_TYPES[1]])
+            .await
+            .map_err(|e| Self::registry_err(chart, crate::net::chain(&e)))?;
+        let m: Value =
+            serde_json::from_slice(&bytes).map_err(|e| format_err(chart, format!("manifest is not JSON: {e}")))?;
+        let layer = m["layers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|l| l["mediaType"] == CHART_LAYER)
+            .find_map(descriptor)
+            .ok_or_else(|| format_err(chart, "not a Helm chart (no chart layer in its manifest)"))?;
+        if layer.digest != want {
+            return Err(PullError::DigestMismatch {
+                image: chart.to_string(),
+                what: "Helm chart",
+                digest: want,
+                actual: layer.digest,
+                size: layer.size,
+            });
+        }
+        self.blob(chart, &layer, "Helm chart").await?;
+        Ok(self.blob_path(&layer.digest))
+    }
+
     /// Pull a pinned image for one architecture.
     pub async fn pull(&self, image: &ImageRef, arch: &str) -> Result<PulledImage, PullError> {
         let top_digest = image.digest.clone().ok_or_else(|| PullError::Unpinned { image: image.to_string() })?;
