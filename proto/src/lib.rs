@@ -6,6 +6,7 @@ pub mod channel;
 pub mod credential;
 pub mod k3s;
 pub mod payload;
+pub mod prometheus;
 pub mod provision;
 pub mod release;
 pub mod report;

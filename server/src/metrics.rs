@@ -2,7 +2,6 @@
 //! database and the repository when `/metrics` is scraped. Text exposition format 0.0.4.
 
 use std::collections::BTreeMap;
-use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::Mutex;
 
@@ -90,37 +89,12 @@ pub struct Snapshot<'a> {
     pub now: i64,
 }
 
-struct Out(String);
-
-impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        self.0.push_str(name);
-        if !labels.is_empty() {
-            self.0.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    self.0.push(',');
-                }
-                let _ = write!(self.0, "{k}=\"{}\"", escape_label(v));
-            }
-            self.0.push('}');
-        }
-        let _ = writeln!(self.0, " {value}");
-    }
-}
-
-/// Label values: backslash, double quote and line feed are escaped.
-pub fn escape_label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
+pub use edgeimg_proto::prometheus::escape_label;
+use edgeimg_proto::prometheus::Text as Out;
 
 pub fn render(s: &Snapshot<'_>) -> String {
     let m = s.metrics;
-    let mut o = Out(String::with_capacity(8192));
+    let mut o = Out::with_capacity(8192);
 
     o.family(
         "edgeimg_devices",

@@ -5,37 +5,20 @@
 //! waits for the update loop and never sees a half-written state (the files are replaced
 //! atomically). The series are documented in docs/updater.md.
 
-use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use edgeimg_proto::prometheus::Text as Out;
 
 use crate::agent::Agent;
 use crate::state::{self, State};
 
 const STATES: [&str; 5] = ["idle", "downloading", "verified", "staged", "rolled-back"];
 
-/// Escape a label value (Prometheus text format 0.0.4).
-fn label(v: &str) -> String {
-    v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
-}
-
-struct Out(String);
-
-impl Out {
-    fn family(&mut self, name: &str, kind: &str, help: &str) {
-        let _ = writeln!(self.0, "# HELP {name} {help}\n# TYPE {name} {kind}");
-    }
-    fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: impl std::fmt::Display) {
-        let l: Vec<String> = labels.iter().map(|(k, v)| format!("{k}=\"{}\"", label(v))).collect();
-        let l = if l.is_empty() { String::new() } else { format!("{{{}}}", l.join(",")) };
-        let _ = writeln!(self.0, "{name}{l} {value}");
-    }
-}
-
 /// The metrics text for the device `agent` manages.
 pub fn render(agent: &Agent) -> String {
-    let mut o = Out(String::new());
+    let mut o = Out::default();
     let p = match agent.dir.load() {
         Ok(p) => p,
         Err(e) => {

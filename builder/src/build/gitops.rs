@@ -7,7 +7,6 @@
 use std::path::{Path, PathBuf};
 
 use crate::config::gitops::{Gitops, AUTH_SECRET};
-use crate::oci::ImageRef;
 
 #[derive(Debug, thiserror::Error)]
 pub enum GitopsError {
@@ -31,11 +30,8 @@ pub fn check(g: &Gitops, install: &Path) -> Result<Fetched, GitopsError> {
     let text = std::fs::read_to_string(install).map_err(|e| GitopsError::Read(install.display().to_string(), e))?;
     let found =
         super::helm::images_in_manifest("gitops install", &text).map_err(|e| GitopsError::Yaml(e.to_string()))?;
-    let listed: Vec<ImageRef> = g.images.iter().filter_map(|r| ImageRef::parse(r).ok()).collect();
-    for (image, path) in &found {
-        if !listed.iter().any(|l| super::helm::covers(l, image)) {
-            return Err(GitopsError::MissingImage { image: image.clone(), path: path.clone() });
-        }
+    if let Some((image, path)) = super::helm::first_unlisted(&g.images, &found) {
+        return Err(GitopsError::MissingImage { image: image.clone(), path: path.clone() });
     }
     Ok(Fetched {
         gitops: g.clone(),

@@ -179,20 +179,20 @@ pub fn covers(listed: &ImageRef, found: &str) -> bool {
         && (f.digest.is_none() || listed.digest == f.digest)
 }
 
+/// The first image in `found` (image, where) that no reference in `listed` covers.
+pub fn first_unlisted<'a>(listed: &[String], found: &'a [(String, String)]) -> Option<&'a (String, String)> {
+    let listed: Vec<ImageRef> = listed.iter().filter_map(|r| ImageRef::parse(r).ok()).collect();
+    found.iter().find(|(image, _)| !listed.iter().any(|l| covers(l, image)))
+}
+
 /// Every image the chart's values name must be in the chart's `images`.
 pub fn check_images(index: usize, h: &Helm, found: &[(String, String)]) -> Result<(), HelmError> {
-    let listed: Vec<ImageRef> = h.images.iter().filter_map(|r| ImageRef::parse(r).ok()).collect();
-    for (image, path) in found {
-        if !listed.iter().any(|l| covers(l, image)) {
-            return Err(HelmError::MissingImage {
-                name: h.name.clone(),
-                index,
-                image: image.clone(),
-                path: path.clone(),
-            });
+    match first_unlisted(&h.images, found) {
+        Some((image, path)) => {
+            Err(HelmError::MissingImage { name: h.name.clone(), index, image: image.clone(), path: path.clone() })
         }
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// A chart fetched and checked, ready to be written into the image.

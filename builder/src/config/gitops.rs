@@ -92,7 +92,7 @@ impl Gitops {
             return Err(src
                 .error_at("gitops.install", "the URL of the agent's install manifest (https://, http:// or file://)"));
         }
-        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if !super::is_sha256_hex(&self.sha256) {
             return Err(src.error_at("gitops.sha256", "64 lowercase hex digits: the install manifest's sha256"));
         }
         let (scheme, rest) = self.repository.split_once("://").unwrap_or(("", ""));

@@ -81,7 +81,7 @@ impl Helm {
                 "the URL of a chart archive (.tgz: https://, http:// or file://) or an oci:// chart reference",
             ));
         }
-        if self.sha256.len() != 64 || !self.sha256.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+        if !super::is_sha256_hex(&self.sha256) {
             return Err(src.error_at(&key("sha256"), "64 lowercase hex digits: the chart archive's sha256"));
         }
         match (&self.values_file, self.values.trim().is_empty()) {

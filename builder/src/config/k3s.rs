@@ -142,7 +142,7 @@ impl K3s {
                 if !["amd64", "arm64"].contains(&arch.as_str()) {
                     return Err(src.error_at(&format!("{key}.{arch}"), "architectures are amd64 and arm64"));
                 }
-                if sum.len() != 64 || !sum.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                if !super::is_sha256_hex(sum) {
                     return Err(src.error_at(&format!("{key}.{arch}"), "expected 64 lowercase hex digits (a sha256)"));
                 }
             }

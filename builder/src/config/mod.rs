@@ -15,6 +15,11 @@ pub use board::{Arch, Board, BootBackend};
 pub use recipe::{Compression, LoadedRecipe, Recipe};
 pub use source::{ConfigError, Source};
 
+/// 64 lowercase hex digits: how recipes pin a sha256.
+pub fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
 /// Boards shipped with edgeimg, compiled in so that `--board NAME` works from any directory.
 pub const BUILTIN_BOARDS: &[(&str, &str)] = &[
     ("qemu-x86_64", include_str!("../../../boards/qemu-x86_64.toml")),

@@ -27,7 +27,7 @@ impl ImageRef {
             Some((r, d)) => {
                 let hexpart =
                     d.strip_prefix("sha256:").ok_or_else(|| format!("`{s}`: only sha256 digests are supported"))?;
-                if hexpart.len() != 64 || !hexpart.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase()) {
+                if !crate::config::is_sha256_hex(hexpart) {
                     return Err(format!("`{s}`: the digest must be sha256: and 64 lowercase hex digits"));
                 }
                 (r, Some(d.to_string()))
