@@ -4,6 +4,7 @@
 pub mod attest;
 pub mod channel;
 pub mod credential;
+pub mod delta;
 pub mod k3s;
 pub mod payload;
 pub mod prometheus;

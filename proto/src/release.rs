@@ -52,6 +52,45 @@ pub struct ReleaseManifest {
     /// PCR index → expected value (hex) after booting this release, for attestation.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub expected_pcrs: BTreeMap<String, String>,
+    /// Cheaper ways to the root image and hash tree: deltas from earlier releases and
+    /// block indexes (see `delta`). Older updaters ignore them and download in full.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub deltas: Vec<DeltaRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum DeltaKind {
+    /// Operations from one earlier release's artifact (`from`).
+    Delta,
+    /// A block-hash index of this artifact, usable from any version.
+    Index,
+}
+
+/// One delta or index file of a release.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaRef {
+    /// The artifact it rebuilds (root.img, root.verity).
+    pub artifact: String,
+    pub kind: DeltaKind,
+    /// For a delta: the release it starts from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<DeltaSource>,
+    /// TUF target name.
+    pub target: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DeltaSource {
+    pub version: String,
+    /// That release's dm-verity root hash: what a device on it has on its kernel command
+    /// line, so it knows the delta is for what it runs.
+    pub roothash: String,
+    /// Size and sha256 of that release's artifact.
+    pub size: u64,
+    pub sha256: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -68,6 +107,19 @@ pub struct ReleaseArtifact {
 impl ReleaseManifest {
     pub fn artifact(&self, kind: ArtifactKind) -> Option<&ReleaseArtifact> {
         self.artifacts.iter().find(|a| a.kind == kind)
+    }
+
+    /// The delta from the release with root hash `roothash` for `artifact`, if published.
+    pub fn delta_from(&self, artifact: &str, roothash: &str) -> Option<&DeltaRef> {
+        self.deltas.iter().find(|d| {
+            d.artifact == artifact
+                && d.kind == DeltaKind::Delta
+                && d.from.as_ref().is_some_and(|f| f.roothash == roothash)
+        })
+    }
+
+    pub fn index_for(&self, artifact: &str) -> Option<&DeltaRef> {
+        self.deltas.iter().find(|d| d.artifact == artifact && d.kind == DeltaKind::Index)
     }
 
     pub fn artifact_named(&self, name: &str) -> Option<&ReleaseArtifact> {

@@ -5,6 +5,7 @@
 //! Any conformant TUF 1.0 client can read the repository: target names are flat, every
 //! target carries sha256, metadata expiry is in whole seconds, consistent snapshots are on.
 
+pub mod delta;
 pub mod keys;
 pub mod publish;
 pub mod repo;

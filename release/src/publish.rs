@@ -7,8 +7,12 @@ use std::num::NonZeroU64;
 use std::path::{Path, PathBuf};
 
 use edgeimg_proto::attest::{release_pcr, RELEASE_PCR};
+use edgeimg_proto::payload::ArtifactKind;
 use edgeimg_proto::payload::Payload;
-use edgeimg_proto::release::{manifest_target, target_name, ReleaseArtifact, ReleaseManifest, RELEASE_FORMAT};
+use edgeimg_proto::release::{
+    compare_versions, manifest_target, target_name, DeltaKind, DeltaRef, DeltaSource, ReleaseArtifact, ReleaseManifest,
+    RELEASE_FORMAT, SEP,
+};
 use sha2::{Digest, Sha256};
 use tough::editor::signed::PathExists;
 use tough::editor::RepositoryEditor;
@@ -25,6 +29,9 @@ pub struct PublishOptions {
     pub security_version: u64,
     pub min_updater_version: String,
     pub expected_pcrs: BTreeMap<String, String>,
+    /// Deltas from this many earlier releases of the image for the board (newest first),
+    /// plus the block indexes; 0 publishes neither (devices download in full).
+    pub deltas: usize,
     pub lifetimes: Lifetimes,
     pub now: jiff::Timestamp,
 }
@@ -83,7 +90,7 @@ pub async fn publish(repo: &Repo, keys: &KeyDir, opts: &PublishOptions) -> Resul
     let _lock = repo.lock()?;
     let payload = read_payload(&opts.build_dir)?;
     let names = |file: &str| target_name(&payload.image, &payload.board, &payload.version, file);
-    let manifest = ReleaseManifest {
+    let mut manifest = ReleaseManifest {
         format: RELEASE_FORMAT,
         image: payload.image.clone(),
         board: payload.board.clone(),
@@ -106,6 +113,7 @@ pub async fn publish(repo: &Repo, keys: &KeyDir, opts: &PublishOptions) -> Resul
             })
             .collect(),
         slots: payload.slots.clone(),
+        deltas: Vec::new(),
         expected_pcrs: {
             // PCR 15 after booting this release (what the device measures, before the
             // network is up); other PCRs only as the caller gives them.
@@ -155,6 +163,12 @@ pub async fn publish(repo: &Repo, keys: &KeyDir, opts: &PublishOptions) -> Resul
     };
 
     let staging = tempfile::tempdir_in(&repo.dir).map_err(|source| Error::Io { path: repo.dir.clone(), source })?;
+    let earlier = if created { Vec::new() } else { earlier_releases(repo, &manifest, opts.deltas)? };
+    let delta_files = if opts.deltas == 0 {
+        Vec::new()
+    } else {
+        make_deltas(&opts.build_dir.join("payload"), staging.path(), repo, &mut manifest, &earlier)?
+    };
     let manifest_file = staging.path().join("release.json");
     let mut json = serde_json::to_vec_pretty(&manifest).map_err(|e| Error::Invalid(e.to_string()))?;
     json.push(b'\n');
@@ -162,6 +176,7 @@ pub async fn publish(repo: &Repo, keys: &KeyDir, opts: &PublishOptions) -> Resul
 
     let mut files: Vec<(PathBuf, String)> =
         manifest.artifacts.iter().map(|a| (opts.build_dir.join("payload").join(&a.name), a.target.clone())).collect();
+    files.extend(delta_files);
     files.push((manifest_file, manifest_name.clone()));
     for (path, name) in &files {
         let target = Target::from_path(path).await.map_err(tough_err(format!("hashing {}", path.display())))?;
@@ -196,4 +211,119 @@ pub async fn publish(repo: &Repo, keys: &KeyDir, opts: &PublishOptions) -> Resul
         repo.dir.display()
     );
     Ok(Published { manifest, manifest_target: manifest_name, created, targets_version: versions.0 + 1 })
+}
+
+/// The file of a published target (consistent snapshots: `<sha256>.<name>`).
+pub fn target_file(repo: &Repo, name: &str) -> Result<PathBuf> {
+    let dir = repo.targets_dir();
+    let suffix = format!(".{name}");
+    let entries = std::fs::read_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?;
+    entries
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.ends_with(&suffix) && n.len() == 65 + name.len())
+        })
+        .ok_or_else(|| Error::Invalid(format!("target {name} is not in {}", dir.display())))
+}
+
+/// Up to `n` releases of the same image and board older than `new`, newest first.
+fn earlier_releases(repo: &Repo, new: &ReleaseManifest, n: usize) -> Result<Vec<ReleaseManifest>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let prefix = format!("{}{SEP}{}{SEP}", new.image, new.board);
+    let suffix = format!("{SEP}release.json");
+    let dir = repo.targets_dir();
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(&dir).map_err(|source| Error::Io { path: dir.clone(), source })?.flatten() {
+        let file = e.file_name().to_string_lossy().into_owned();
+        let Some((_, name)) = file.split_once('.') else { continue };
+        if !(name.starts_with(&prefix) && name.ends_with(&suffix)) {
+            continue;
+        }
+        let bytes = std::fs::read(e.path()).map_err(|source| Error::Io { path: e.path(), source })?;
+        match serde_json::from_slice::<ReleaseManifest>(&bytes) {
+            Ok(m) if compare_versions(&m.version, &new.version).is_lt() => found.push(m),
+            Ok(_) => {}
+            Err(err) => tracing::warn!("{}: not a release manifest ({err}); no delta from it", e.path().display()),
+        }
+    }
+    found.sort_by(|a, b| compare_versions(&b.version, &a.version));
+    found.truncate(n);
+    Ok(found)
+}
+
+/// The source of a delta for artifact `a` from release `old`: the same kind of artifact
+/// for the root image and hash tree; for a boot file, the file that the *other* slot's
+/// entry of `old` has at the same place (a device installing into slot B runs slot A).
+fn delta_source<'a>(
+    new: &ReleaseManifest,
+    old: &'a ReleaseManifest,
+    a: &ReleaseArtifact,
+) -> Option<&'a ReleaseArtifact> {
+    if a.kind != ArtifactKind::BootFile {
+        return old.artifact(a.kind);
+    }
+    let (slot, path) = new
+        .slots
+        .iter()
+        .find_map(|(s, b)| b.files.iter().find(|f| f.artifact == a.name).map(|f| (*s, f.path.as_str())))?;
+    let theirs = format!("{}{}", slot.other().boot_dir(), path.strip_prefix(&slot.boot_dir())?);
+    let name = &old.slots.get(&slot.other())?.files.iter().find(|f| f.path == theirs)?.artifact;
+    old.artifact_named(name)
+}
+
+/// Block indexes of the root image and hash tree, and deltas from `earlier` releases to
+/// them and to changed boot files, written into `staging` and listed in the manifest.
+fn make_deltas(
+    payload: &Path,
+    staging: &Path,
+    repo: &Repo,
+    manifest: &mut ReleaseManifest,
+    earlier: &[ReleaseManifest],
+) -> Result<Vec<(PathBuf, String)>> {
+    let mut files = Vec::new();
+    let names = |file: &str| target_name(&manifest.image, &manifest.board, &manifest.version, file);
+    let mut refs = Vec::new();
+    for a in &manifest.artifacts {
+        let new_path = payload.join(&a.name);
+        let mut add = |file: String, path: PathBuf, kind: DeltaKind, from: Option<DeltaSource>| -> Result<()> {
+            let (size, sha256) = sha256_file(&path)?;
+            refs.push(DeltaRef { artifact: a.name.clone(), kind, from, target: names(&file), size, sha256 });
+            files.push((path, names(&file)));
+            Ok(())
+        };
+        if a.kind != ArtifactKind::BootFile {
+            let idx = staging.join(format!("{}.index", a.name));
+            crate::delta::index_file(&a.name, &new_path, &idx)?;
+            add(format!("{}.index", a.name), idx, DeltaKind::Index, None)?;
+        }
+        for old in earlier {
+            // A boot file the device already has is copied, not downloaded: no delta.
+            let Some(src) = delta_source(manifest, old, a).filter(|s| s.sha256 != a.sha256) else { continue };
+            let file = format!("{}.from-{}.delta", a.name, old.version);
+            let out = staging.join(&file);
+            let stats = crate::delta::make_files(&a.name, &target_file(repo, &src.target)?, &new_path, &out)?;
+            tracing::info!(
+                "{} from {}: {} bytes ({:.2}% of {}), {} operations, {} new blocks",
+                a.name,
+                old.version,
+                stats.file_bytes,
+                stats.file_bytes as f64 * 100.0 / a.size.max(1) as f64,
+                a.size,
+                stats.ops,
+                stats.new_blocks
+            );
+            let from = DeltaSource {
+                version: old.version.clone(),
+                roothash: old.roothash.clone(),
+                size: src.size,
+                sha256: src.sha256.clone(),
+            };
+            add(file, out, DeltaKind::Delta, Some(from))?;
+        }
+    }
+    manifest.deltas = refs;
+    Ok(files)
 }

@@ -7,15 +7,16 @@ use std::path::{Path, PathBuf};
 
 use edgeimg_proto::channel::{channel_target, Channel};
 use edgeimg_proto::payload::ArtifactKind;
-use edgeimg_proto::release::{manifest_target, ReleaseManifest};
+use edgeimg_proto::release::{manifest_target, DeltaKind, ReleaseArtifact, ReleaseManifest};
 use edgeimg_proto::report::EventKind;
 use edgeimg_proto::Slot;
 
 use crate::boot::{fake::Fake, systemd_boot::SystemdBoot, BootBackend, BootError, BootFiles};
 use crate::config::{BootBackendKind, RebootPolicy, Settings, TimePolicy};
 use crate::decide::{check_manifest, decide, Decision, Refusal};
+use crate::delta::{self, DeltaError};
 use crate::install::{self, InstallError};
-use crate::state::{self, event, Persistent, ReleaseRef, State, StateDir, StateError};
+use crate::state::{self, event, Persistent, ReleaseRef, State, StateDir, StateError, Via};
 use crate::tuf::{self, store::Store, Client as Tuf, Limits, TargetInfo, TufError};
 
 pub const UPDATER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -95,6 +96,10 @@ pub struct Agent {
     pub boot: Box<dyn BootBackend>,
     pub dir: StateDir,
     pub http: reqwest::Client,
+}
+
+fn url_of<'a>(plan: &'a Plan, name: &str) -> Result<&'a str, DeltaError> {
+    plan.sources.get(name).map(|(_, u)| u.as_str()).ok_or_else(|| DeltaError::Unusable(format!("no source for {name}")))
 }
 
 pub fn backend(s: &Settings, root: &Path) -> Box<dyn BootBackend> {
@@ -210,6 +215,21 @@ impl Agent {
             let url = tuf.target_location(&t);
             sources.insert(a.name.clone(), (t, url));
         }
+        // Deltas and indexes are optional: one that TUF does not vouch for is left out
+        // (the artifact is then downloaded in full).
+        for d in &manifest.deltas {
+            match tuf.target(&d.target).await {
+                Ok(Some(t))
+                    if t.length == d.size
+                        && t.hashes.get("sha256").map(|h| h.to_ascii_lowercase()).as_deref() == Some(&d.sha256) =>
+                {
+                    let url = tuf.target_location(&t);
+                    sources.insert(d.target.clone(), (t, url));
+                }
+                Ok(_) => tracing::warn!("{}: not a matching TUF target; not used", d.target),
+                Err(e) => tracing::warn!("{}: {e}; not used", d.target),
+            }
+        }
         Ok(Plan { manifest, sources })
     }
 
@@ -272,33 +292,192 @@ impl Agent {
         }
     }
 
+    /// The running slot's dm-verity root hash (what deltas are made from).
+    fn booted_roothash(&self) -> Option<String> {
+        let cmdline = std::fs::read_to_string(self.root.join("proc/cmdline")).ok()?;
+        cmdline.split_whitespace().find_map(|a| a.strip_prefix("roothash=")).map(String::from)
+    }
+
+    /// How to write artifact `i`: a delta from the running release, else the block index,
+    /// else (None) the full download.
+    fn choose_via(&self, plan: &Plan, i: usize) -> Option<Via> {
+        let a = plan.manifest.artifacts.get(i)?;
+        let m = &plan.manifest;
+        let d = self
+            .booted_roothash()
+            .and_then(|h| m.delta_from(&a.name, &h))
+            .filter(|d| plan.sources.contains_key(&d.target))
+            .or_else(|| m.index_for(&a.name).filter(|d| plan.sources.contains_key(&d.target)))?;
+        Some(Via { kind: d.kind.clone(), file: d.target.clone(), applied: 0 })
+    }
+
+    /// Write one artifact through its delta or index. `Unusable` means: download in full.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_via(
+        &self,
+        plan: &Plan,
+        i: usize,
+        via: &Via,
+        offset: u64,
+        target: Slot,
+        p: &Persistent,
+        got: &mut u64,
+    ) -> Result<(), DeltaError> {
+        let a = &plan.manifest.artifacts[i];
+        let d = plan
+            .manifest
+            .deltas
+            .iter()
+            .find(|d| d.target == via.file)
+            .ok_or_else(|| DeltaError::Unusable(format!("the manifest names no {}", via.file)))?;
+        let (_, url) = &plan.sources[&d.target];
+        let file = self.staging().join(&d.target);
+        let state = |offset: u64, applied: u64| State::Downloading {
+            manifest: Box::new(plan.manifest.clone()),
+            target,
+            artifact: i,
+            offset,
+            via: Some(Via { applied, ..via.clone() }),
+        };
+        let job = install::Job { what: &d.target, url, dest: &file, size: d.size, sha256: &d.sha256, start: offset };
+        let opts = install::Options { rate_limit: self.settings.rate_limit, retries: 12 };
+        let mut persisted = p.clone();
+        let dir = self.dir.clone();
+        let mut save = |st: State| {
+            persisted.state = st;
+            if let Err(e) = dir.save(&persisted) {
+                tracing::warn!("could not persist install progress: {e}");
+            }
+        };
+        let stats = install::download(&self.http, &job, &opts, |done| save(state(done, via.applied))).await.map_err(
+            |e| match e {
+                InstallError::Network { .. } => DeltaError::Network(e.to_string()),
+                e => DeltaError::Unusable(e.to_string()),
+            },
+        )?;
+        *got += stats.received;
+        let booted = target.other();
+        let source = match a.kind {
+            ArtifactKind::VerityTree => self.settings.verity[&booted].clone(),
+            ArtifactKind::RootImage => self.settings.root[&booted].clone(),
+            ArtifactKind::BootFile => self
+                .running_boot_file(plan, i, target)
+                .ok_or_else(|| DeltaError::Unusable(format!("slot {booted} has no boot file where {} goes", a.name)))?,
+        };
+        let source = &source;
+        let dest = self.dest(a.kind, &a.name, target);
+        let release = ReleaseArtifact { ..a.clone() };
+        match (&d.kind, &d.from) {
+            (DeltaKind::Delta, Some(from)) => {
+                tracing::info!(
+                    "{}: building it in slot {target} from slot {booted} ({}) and a {}-byte delta",
+                    a.name,
+                    from.version,
+                    d.size
+                );
+                delta::apply_delta(&file, &release, from, source, &dest, via.applied, |b| save(state(d.size, b)))?;
+            }
+            (DeltaKind::Index, _) => {
+                let idx = delta::read_index(&file, &release)?;
+                let want = delta::plan_index(&idx, source)?;
+                // Worth it only if most of the artifact is already here.
+                if want.fetch_bytes > a.size / 2 {
+                    return Err(DeltaError::Unusable(format!(
+                        "slot {booted} has only {}% of its blocks",
+                        100 - want.fetch_bytes * 100 / a.size.max(1)
+                    )));
+                }
+                tracing::info!(
+                    "{}: building it in slot {target} from slot {booted}'s blocks and {} bytes in {} ranges",
+                    a.name,
+                    want.fetch_bytes,
+                    want.fetch_ranges
+                );
+                *got += delta::apply_index(
+                    &self.http,
+                    url_of(plan, &a.name)?,
+                    &idx,
+                    &want,
+                    source,
+                    &dest,
+                    via.applied,
+                    |b| save(state(d.size, b)),
+                )
+                .await?;
+            }
+            (DeltaKind::Delta, None) => {
+                return Err(DeltaError::Unusable(format!("{} names no source release", d.target)))
+            }
+        }
+        install::verify(&a.name, &dest, a.size, &a.sha256).map_err(|e| DeltaError::Unusable(e.to_string()))
+    }
+
+    /// The running slot's counterpart of boot file `i` of `target` (slot-a/uki.efi for
+    /// slot-b/uki.efi), on the boot partition.
+    fn running_boot_file(&self, plan: &Plan, i: usize, target: Slot) -> Option<PathBuf> {
+        let a = &plan.manifest.artifacts[i];
+        let f = plan.manifest.slots.get(&target)?.files.iter().find(|f| f.artifact == a.name)?;
+        let rest = f.path.strip_prefix(&target.boot_dir())?;
+        Some(self.settings.boot_dir.join(format!("{}{rest}", target.other().boot_dir()).trim_start_matches('/')))
+    }
+
+    /// A boot file the running slot already has (same sha256): copy it instead of
+    /// downloading it.
+    fn copy_local(&self, plan: &Plan, i: usize, target: Slot, dest: &Path) -> bool {
+        let a = &plan.manifest.artifacts[i];
+        let Some(have) = self.running_boot_file(plan, i, target) else { return false };
+        let same = std::fs::metadata(&have).is_ok_and(|m| m.len() == a.size)
+            && install::verify(&a.name, &have, a.size, &a.sha256).is_ok()
+            && crate::fsutil::copy_synced(&have, dest).is_ok();
+        if same {
+            tracing::info!(
+                "{}: the same file as slot {}'s, copied ({} bytes not downloaded)",
+                a.name,
+                target.other(),
+                a.size
+            );
+        }
+        same
+    }
+
     /// Write a planned release into the inactive slot and stage it. Resumes a persisted
     /// Downloading/Verified state for the same release.
     pub async fn install(&mut self, plan: &Plan) -> Result<(), AgentError> {
         let mut p = self.dir.load()?;
         let target = self.target_slot()?;
         let rel = ReleaseRef::of(&plan.manifest);
-        let (mut artifact, mut offset) = match &p.state {
-            State::Downloading { manifest, target: t, artifact, offset }
+        let state = |artifact: usize, offset: u64, via: Option<Via>| State::Downloading {
+            manifest: Box::new(plan.manifest.clone()),
+            target,
+            artifact,
+            offset,
+            via,
+        };
+        let (mut artifact, mut offset, mut via) = match &p.state {
+            State::Downloading { manifest, target: t, artifact, offset, via }
                 if **manifest == plan.manifest && *t == target =>
             {
                 match plan.manifest.artifacts.get(*artifact) {
-                    Some(a) => tracing::info!("resuming {rel} into slot {target}: {} at byte {offset}", a.name),
+                    Some(a) => tracing::info!(
+                        "resuming {rel} into slot {target}: {} at byte {offset}{}",
+                        a.name,
+                        via.as_ref().map_or(String::new(), |v| format!(" of {} (block {} written)", v.file, v.applied))
+                    ),
                     None => tracing::info!("resuming {rel} into slot {target}: all written, verifying"),
                 }
-                (*artifact, *offset)
+                (*artifact, *offset, via.clone())
             }
             State::Verified { manifest, target: t } if **manifest == plan.manifest && *t == target => {
-                (plan.manifest.artifacts.len(), 0)
+                (plan.manifest.artifacts.len(), 0, None)
             }
             State::Idle | State::RolledBack { .. } | State::Downloading { .. } | State::Verified { .. } => {
                 // Intent first, then make the target unbootable before touching it.
-                p.state =
-                    State::Downloading { manifest: Box::new(plan.manifest.clone()), target, artifact: 0, offset: 0 };
+                let via = self.choose_via(plan, 0);
+                p.state = state(0, 0, via.clone());
                 event(&mut p, EventKind::Downloading, &rel, format!("into slot {target}"));
                 self.dir.save(&p)?;
                 self.dir.log("downloading", &format!("{rel} into slot {target}"));
-                (0, 0)
+                (0, 0, via)
             }
             State::Staged { .. } => {
                 return Err(AgentError::Other("an update is already staged; reboot to try it".into()))
@@ -307,35 +486,67 @@ impl Agent {
         self.boot.disarm(target)?;
         p.slots.remove(&target);
         let opts = install::Options { rate_limit: self.settings.rate_limit, retries: 12 };
+        // Bytes received in this run, and artifacts already read back in it.
+        let mut got = 0u64;
+        let mut checked = vec![false; plan.manifest.artifacts.len()];
         while artifact < plan.manifest.artifacts.len() {
             let a = &plan.manifest.artifacts[artifact];
-            if !plan.manifest.needed_for(target, a) {
-                // The other slot's boot file (its own UKI): not downloaded.
-                artifact += 1;
-                continue;
-            }
-            let (_, url) =
-                plan.sources.get(&a.name).ok_or_else(|| AgentError::Other(format!("no source for {}", a.name)))?;
             let dest = self.dest(a.kind, &a.name, target);
-            let job = install::Job { what: &a.name, url, dest: &dest, size: a.size, sha256: &a.sha256, start: offset };
-            let dir = self.dir.clone();
-            let mut persisted = p.clone();
-            install::download(&self.http, &job, &opts, |done| {
-                persisted.state =
-                    State::Downloading { manifest: Box::new(plan.manifest.clone()), target, artifact, offset: done };
-                if let Err(e) = dir.save(&persisted) {
-                    tracing::warn!("could not persist download progress: {e}");
+            let mut done = !plan.manifest.needed_for(target, a); // the other slot's own UKI
+            if let (false, Some(v)) = (done, via.take()) {
+                match self.write_via(plan, artifact, &v, offset, target, &p, &mut got).await {
+                    Ok(()) => (done, checked[artifact]) = (true, true),
+                    Err(DeltaError::Network(message)) => {
+                        return Err(InstallError::Network { url: v.file.clone(), message }.into())
+                    }
+                    Err(DeltaError::Unusable(why)) => {
+                        tracing::warn!("{}: {} not usable ({why}); downloading it in full", a.name, v.file);
+                        self.dir.log("delta-refused", &format!("{}: {why}", v.file));
+                        offset = 0;
+                        p.state = state(artifact, 0, None);
+                        self.dir.save(&p)?;
+                    }
                 }
-            })
-            .await?;
+            }
+            if !done
+                && offset == 0
+                && a.kind == ArtifactKind::BootFile
+                && self.copy_local(plan, artifact, target, &dest)
+            {
+                done = true;
+            }
+            if !done {
+                let url = url_of(plan, &a.name).map_err(|e| AgentError::Other(e.to_string()))?;
+                let job =
+                    install::Job { what: &a.name, url, dest: &dest, size: a.size, sha256: &a.sha256, start: offset };
+                let dir = self.dir.clone();
+                let mut persisted = p.clone();
+                let stats = install::download(&self.http, &job, &opts, |done| {
+                    persisted.state = state(artifact, done, None);
+                    if let Err(e) = dir.save(&persisted) {
+                        tracing::warn!("could not persist download progress: {e}");
+                    }
+                })
+                .await?;
+                got += stats.received;
+            }
             artifact += 1;
             offset = 0;
-            p.state = State::Downloading { manifest: Box::new(plan.manifest.clone()), target, artifact, offset: 0 };
+            via = self.choose_via(plan, artifact);
+            p.state = state(artifact, 0, via.clone());
             self.dir.save(&p)?;
         }
-        for a in plan.manifest.artifacts.iter().filter(|a| plan.manifest.needed_for(target, a)) {
-            install::verify(&a.name, &self.dest(a.kind, &a.name, target), a.size, &a.sha256)?;
+        for (i, a) in plan.manifest.artifacts.iter().enumerate() {
+            if plan.manifest.needed_for(target, a) && !checked[i] {
+                install::verify(&a.name, &self.dest(a.kind, &a.name, target), a.size, &a.sha256)?;
+            }
         }
+        let full = plan.manifest.download_size_for(target);
+        tracing::info!(
+            "{rel}: {got} bytes downloaded in this run ({:.2}% of the {full} of a full download)",
+            got as f64 * 100.0 / full.max(1) as f64
+        );
+        self.dir.log("downloaded", &format!("{got} of {full} bytes"));
         p.state = State::Verified { manifest: Box::new(plan.manifest.clone()), target };
         self.dir.save(&p)?;
         self.dir.log("verified", &format!("{rel} in slot {target}"));

@@ -41,3 +41,12 @@ pub fn atomic_symlink(target: &Path, link: &Path) -> io::Result<()> {
     fs::rename(&tmp, link)?;
     sync_dir(dir)
 }
+
+/// Copy a file and sync the copy.
+pub fn copy_synced(from: &Path, to: &Path) -> io::Result<()> {
+    if let Some(parent) = to.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::copy(from, to)?;
+    std::fs::File::open(to)?.sync_all()
+}

@@ -9,6 +9,7 @@ pub mod config;
 pub mod crashpoint;
 pub mod daemon;
 pub mod decide;
+pub mod delta;
 pub mod fsutil;
 pub mod health;
 pub mod install;

@@ -66,7 +66,7 @@ pub fn render(agent: &Agent) -> String {
         );
     }
     let (done, total) = match &p.state {
-        State::Downloading { manifest, artifact, offset, target } => {
+        State::Downloading { manifest, artifact, offset, target, .. } => {
             let needed = |a: &&edgeimg_proto::release::ReleaseArtifact| manifest.needed_for(*target, a);
             let before: u64 = manifest.artifacts.iter().take(*artifact).filter(needed).map(|a| a.size).sum();
             (before + offset, manifest.download_size_for(*target))

@@ -13,7 +13,7 @@
 use std::io::Write;
 use std::path::{Path, PathBuf};
 
-use edgeimg_proto::release::ReleaseManifest;
+use edgeimg_proto::release::{DeltaKind, ReleaseManifest};
 use edgeimg_proto::report::{Event, EventKind};
 use edgeimg_proto::Slot;
 use serde::{Deserialize, Serialize};
@@ -40,16 +40,29 @@ impl std::fmt::Display for ReleaseRef {
     }
 }
 
+/// The artifact being written is built from the running slot plus this delta or index
+/// (a TUF target named in the manifest's `deltas`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Via {
+    pub kind: DeltaKind,
+    pub file: String,
+    /// Target blocks written and synced.
+    pub applied: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "state", rename_all = "kebab-case")]
 pub enum State {
     Idle,
-    /// Writing `manifest`'s artifacts into `target`: artifact index and bytes done.
+    /// Writing `manifest`'s artifacts into `target`: artifact index and bytes done (of
+    /// the artifact, or with `via` of its delta or block index).
     Downloading {
         manifest: Box<ReleaseManifest>,
         target: Slot,
         artifact: usize,
         offset: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        via: Option<Via>,
     },
     /// Every artifact written and read back from the slot with the right hash.
     Verified {

@@ -340,6 +340,7 @@ impl Ctx<'_> {
                 root_slot_mib: board.disk.root_mib,
                 verity_slot_mib: board.disk.verity_mib,
                 board_file: &board_file,
+                salt_seed: &format!("{}:{}", recipe.image.name, board.name),
             },
             |l| rep.output("root-image", l),
         )?;

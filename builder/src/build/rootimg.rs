@@ -40,6 +40,10 @@ pub struct Options<'a> {
     pub root_slot_mib: u64,
     pub verity_slot_mib: u64,
     pub board_file: &'a str,
+    /// What the dm-verity salt is derived from: the image and board, not the content, so
+    /// the hash tree of an unchanged block stays the same from release to release (a
+    /// content-derived salt changed every hash, and every delta carried the whole tree).
+    pub salt_seed: &'a str,
 }
 
 pub fn make(
@@ -79,8 +83,8 @@ pub fn make(
         });
     }
     let image_sha256 = sha256_file(&image)?;
-    // Salt and UUID come from the image content: the same image gives the same tree.
-    let salt = sha256_bytes(format!("edgeimg-verity-salt:{image_sha256}").as_bytes());
+    // The same image gives the same tree; the salt stays across releases (delta-friendly).
+    let salt = sha256_bytes(format!("edgeimg-verity-salt:{}", opts.salt_seed).as_bytes());
     let vuuid = Guid::derive("edgeimg-verity", &image_sha256);
     let out_text = Cmd::new("veritysetup")
         .arg("format")

@@ -1,5 +1,6 @@
 //! Command line of the `edgeimg` binary (clap derive) and the dispatch of each command.
 
+pub mod delta_stats;
 pub mod release;
 
 use std::path::PathBuf;
@@ -61,6 +62,8 @@ pub enum Command {
         #[arg(long, env = "EDGEIMG_CACHE")]
         cache_dir: Option<PathBuf>,
     },
+    /// What a device on one build downloads to reach another, by each update method.
+    DeltaStats(delta_stats::DeltaStatsArgs),
     /// Show what is in a disk image or a build output directory.
     Inspect {
         /// A disk image (disk.img) or a build output directory.
@@ -172,6 +175,7 @@ pub fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::DeltaStats(a) => delta_stats::run(a, cli.json),
         Command::Inspect { path } => {
             let info = crate::inspect::inspect(&path).with_context(|| format!("inspecting {}", path.display()))?;
             if cli.json {

@@ -64,6 +64,11 @@ pub struct PublishArgs {
     /// With --channel: percentage of devices.
     #[arg(long, requires = "channel")]
     pub percent: Option<u8>,
+    /// Make deltas from this many earlier releases of the image for the board (devices on
+    /// those download only changed blocks; others use the block index or the full image).
+    /// 0: no deltas and no block index.
+    #[arg(long, default_value_t = 3)]
+    pub deltas: usize,
 }
 
 #[derive(Debug, clap::Args)]
@@ -178,6 +183,7 @@ pub fn publish(a: PublishArgs, json: bool) -> Result<()> {
         security_version: a.security_version.unwrap_or(payload.security_version),
         min_updater_version: a.min_updater_version,
         expected_pcrs: Default::default(),
+        deltas: a.deltas,
         lifetimes: Lifetimes::default(),
         now: jiff::Timestamp::now(),
     };
@@ -219,6 +225,17 @@ pub fn publish(a: PublishArgs, json: bool) -> Result<()> {
             a.repo.display(),
             if p.created { " (new repository)" } else { "" }
         );
+        for d in p.manifest.deltas.iter().filter(|d| d.from.is_some()) {
+            let full = p.manifest.artifact_named(&d.artifact).map_or(0, |a| a.size);
+            println!(
+                "  delta {} from {}: {} bytes ({:.2}% of {})",
+                d.artifact,
+                d.from.as_ref().map_or("", |f| f.version.as_str()),
+                d.size,
+                d.size as f64 * 100.0 / full.max(1) as f64,
+                full
+            );
+        }
         if let Some(c) = channel {
             println!("channel {}: {} at {}%", c.name, p.manifest.version, c.boards[&p.manifest.board].percent);
         }

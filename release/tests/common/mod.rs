@@ -94,6 +94,7 @@ pub fn publish_opts(build: &Path) -> PublishOptions {
         security_version: 1,
         min_updater_version: "0.1.0".into(),
         expected_pcrs: BTreeMap::new(),
+        deltas: 3,
         lifetimes: Lifetimes::default(),
         now: now(),
     }

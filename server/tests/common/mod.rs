@@ -140,6 +140,7 @@ pub async fn publish_for(
         security_version: 1,
         min_updater_version: "0.1.0".into(),
         expected_pcrs: BTreeMap::new(),
+        deltas: 3,
         lifetimes: life,
         now: now(),
     };

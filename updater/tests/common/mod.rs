@@ -91,26 +91,46 @@ fn fake_build_with(
     security_version: u64,
     uki: Option<usize>,
 ) -> PathBuf {
-    let b = dir.join(format!("build-{board}-{version}"));
-    let p = b.join("payload");
-    std::fs::create_dir_all(&p).unwrap();
     let seed = Sha256::digest(version.as_bytes());
-    let mut artifacts = Vec::new();
     let mut files =
         vec![("root.img", ArtifactKind::RootImage, root_len), ("root.verity", ArtifactKind::VerityTree, 8192)];
     match uki {
         None => files.extend([("linux", ArtifactKind::BootFile, 3000), ("initrd", ArtifactKind::BootFile, 5000)]),
         Some(n) => files.extend([("uki-a.efi", ArtifactKind::BootFile, n), ("uki-b.efi", ArtifactKind::BootFile, n)]),
     }
-    for (name, kind, len) in files {
-        let content: Vec<u8> =
-            (0..len).map(|i| seed[i % 32] ^ (i as u8).wrapping_mul(7) ^ name.len() as u8 ^ (i >> 12) as u8).collect();
-        std::fs::write(p.join(name), &content).unwrap();
+    let files = files
+        .into_iter()
+        .map(|(name, kind, len)| {
+            let content: Vec<u8> = (0..len)
+                .map(|i| seed[i % 32] ^ (i as u8).wrapping_mul(7) ^ name.len() as u8 ^ (i >> 12) as u8)
+                .collect();
+            (name, kind, content)
+        })
+        .collect::<Vec<_>>();
+    fake_build_files(dir, board, version, security_version, &hex::encode(seed), uki.is_some(), &files)
+}
+
+/// A build directory holding exactly `files` (name, kind, content), root hash `roothash`.
+pub fn fake_build_files(
+    dir: &Path,
+    board: &str,
+    version: &str,
+    security_version: u64,
+    roothash: &str,
+    uki: bool,
+    files: &[(&str, ArtifactKind, Vec<u8>)],
+) -> PathBuf {
+    let b = dir.join(format!("build-{board}-{version}"));
+    let p = b.join("payload");
+    std::fs::create_dir_all(&p).unwrap();
+    let mut artifacts = Vec::new();
+    for (name, kind, content) in files {
+        std::fs::write(p.join(name), content).unwrap();
         artifacts.push(Artifact {
-            name: name.into(),
-            kind,
-            size: len as u64,
-            sha256: hex::encode(Sha256::digest(&content)),
+            name: name.to_string(),
+            kind: *kind,
+            size: content.len() as u64,
+            sha256: hex::encode(Sha256::digest(content)),
         });
     }
     let slots = Slot::ALL
@@ -120,13 +140,13 @@ fn fake_build_with(
             (
                 s,
                 SlotBoot {
-                    cmdline: format!("ro roothash={} edgeimg.slot={}", hex::encode(seed), s.letter()),
+                    cmdline: format!("ro roothash={roothash} edgeimg.slot={}", s.letter()),
                     files: match uki {
-                        None => vec![
+                        false => vec![
                             BootFile { artifact: "linux".into(), path: format!("{d}/linux") },
                             BootFile { artifact: "initrd".into(), path: format!("{d}/initrd") },
                         ],
-                        Some(_) => {
+                        true => {
                             vec![BootFile { artifact: format!("uki-{}.efi", s.letter()), path: format!("{d}/uki.efi") }]
                         }
                     },
@@ -141,7 +161,7 @@ fn fake_build_with(
         version: version.into(),
         arch: "amd64".into(),
         build_id: format!("build-{version}"),
-        roothash: hex::encode(seed),
+        roothash: roothash.into(),
         security_version,
         artifacts,
         slots,
@@ -159,6 +179,7 @@ pub async fn publish_build(repo: &Repo, keys: &KeyDir, build: &Path, security_ve
             security_version,
             min_updater_version: "0.1.0".into(),
             expected_pcrs: BTreeMap::new(),
+            deltas: 3,
             lifetimes: Lifetimes::default(),
             now: now(),
         },
