@@ -29,6 +29,9 @@ pub struct Payload {
     pub artifacts: Vec<Artifact>,
     /// What to put on the boot partition for each slot, and that slot's command line.
     pub slots: BTreeMap<Slot, SlotBoot>,
+    /// How the hash tree was made (so a device can compute it instead of downloading it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<crate::verity::VerityParams>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

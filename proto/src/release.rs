@@ -56,6 +56,10 @@ pub struct ReleaseManifest {
     /// block indexes (see `delta`). Older updaters ignore them and download in full.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub deltas: Vec<DeltaRef>,
+    /// How the hash tree was made: a device that rebuilt the root image computes the tree
+    /// and downloads it only if the result differs from the signed one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub verity: Option<crate::verity::VerityParams>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

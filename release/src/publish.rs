@@ -114,6 +114,7 @@ pub async fn publish(repo: &Repo, keys: &KeyDir, opts: &PublishOptions) -> Resul
             .collect(),
         slots: payload.slots.clone(),
         deltas: Vec::new(),
+        verity: payload.verity.clone(),
         expected_pcrs: {
             // PCR 15 after booting this release (what the device measures, before the
             // network is up); other PCRs only as the caller gives them.

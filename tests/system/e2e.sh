@@ -105,9 +105,11 @@ build() { # build VERSION RECIPE
     timing "build $1" "$(elapsed "$t0")"
 }
 OUT=$T/out/qemu-x86_64/k3s-test
-publish() { # publish VERSION: sign into the repository and put it on stable at 100%
-    "$EDGEIMG" publish "$OUT/$1" --repo "$T/repo" --keys "$T/keys" --channel stable --percent 100 >"$T/publish-$1.log" 2>&1 \
-        || { cat "$T/publish-$1.log"; fail "publish $1 failed"; }
+publish() { # publish VERSION [ARGS...]: sign into the repository and put it on stable at 100%
+    local v=$1
+    shift
+    "$EDGEIMG" publish "$OUT/$v" --repo "$T/repo" --keys "$T/keys" --channel stable --percent 100 "$@" >"$T/publish-$v.log" 2>&1 \
+        || { cat "$T/publish-$v.log"; fail "publish $v failed"; }
 }
 
 log "building v1 and v2 (the same recipe), v3 (its health check fails) and v4"
@@ -236,6 +238,16 @@ publish 2.0.0
 wait_for "v2: the device starts installing" 120 grep -aq "installing .*2\.0\.0" "$L1"
 wait_for "v2: reboot into slot b" 600 reboots_more_than 0 "$L1"
 timing "v2 publish to reboot (download + write)" "$(elapsed "$t0")"
+# v2 differs from v1 in its version only: slot b is built from slot a plus deltas (root image,
+# hash tree, and slot b's signed UKI from slot a's), checked whole before it can boot.
+for f in root.img root.verity uki-b.efi; do
+    grep -aq "$f: building it in slot B from slot A (1.0.0) and a [0-9]*-byte delta" "$L1" \
+        || fail "v2's $f was not built from a delta (serial log $L1)"
+done
+grep -aq "delta.*not usable" "$L1" && fail "a v2 delta was refused: $(grep -a "not usable" "$L1" | head -n 1)"
+v2_bytes=$(grep -ao "k3s-test 2.0.0: [0-9]* bytes downloaded in this run ([0-9.]*% of the [0-9]*" "$L1" | head -n 1)
+[ -n "$v2_bytes" ] || fail "the updater did not log what v2 downloaded (serial log $L1)"
+ok "v2 from deltas: $v2_bytes bytes of a full download)"
 t1=$(now)
 # Events queued before the reboot (installed, trying) arrive in the reports of the new boot,
 # one per report, then the commit: wait for the committed event itself.
@@ -284,7 +296,9 @@ ok "v3 not retried (four poll intervals later)"
 if [ "${E2E_POWERCUT:-1}" = 1 ]; then
     log "v4 with a power cut in the middle of writing it"
     n=$(grep -ac "root.img: .* written and synced" "$L1" || true) # progress lines of v2 and v3
-    publish 4.0.0
+    # Published without deltas: this power cut lands in a full download (cuts while a slot
+    # is rebuilt from a delta are tested in updater/tests/delta.rs).
+    publish 4.0.0 --deltas 0
     "$EDGEIMG" rollout stable --repo "$T/repo" --keys "$T/keys" --board qemu-x86_64 --release 4.0.0 --percent 100 --resume \
         >>"$T/rollout.log" 2>&1 || { cat "$T/rollout.log"; fail "resume failed"; }
     t0=$(now)

@@ -20,6 +20,10 @@ ok "all outputs present"
 (cd "$B" && sha256sum --quiet -c SHA256SUMS) || fail "SHA256SUMS does not match the outputs"
 ok "SHA256SUMS verifies"
 ls -a "$OUT/qemu-x86_64/selftest" | grep -q partial && fail "a .partial directory was left behind"
+cost=$(jq -e '.sizes | select(.root_image_packed_layout_bytes > 0 and .root_image_packed_layout_bytes <= .root_image_bytes) | .delta_friendly_layout_cost_bytes' "$B/report.json") \
+    || fail "report.json does not say what the delta-friendly layout costs: $(jq -c .sizes "$B/report.json")"
+ls "$B/work" "$B"/*.packed-layout.img 2>/dev/null && fail "the layout measurement left files behind"
+ok "report.json: the delta-friendly layout costs $cost bytes over the packed one"
 
 # Independent tools agree with what we wrote.
 sgdisk -v "$B/disk.img" | grep -q "No problems found" || fail "sgdisk finds problems in the GPT"

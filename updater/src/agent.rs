@@ -322,7 +322,7 @@ impl Agent {
         target: Slot,
         p: &Persistent,
         got: &mut u64,
-    ) -> Result<(), DeltaError> {
+    ) -> Result<Option<Vec<u8>>, DeltaError> {
         let a = &plan.manifest.artifacts[i];
         let d = plan
             .manifest
@@ -409,7 +409,10 @@ impl Agent {
                 return Err(DeltaError::Unusable(format!("{} names no source release", d.target)))
             }
         }
-        install::verify(&a.name, &dest, a.size, &a.sha256).map_err(|e| DeltaError::Unusable(e.to_string()))
+        // The read-back check of a rebuilt root image also hashes its blocks for dm-verity:
+        // the hash tree is then computed here, not downloaded.
+        let params = plan.manifest.verity.as_ref().filter(|_| a.kind == ArtifactKind::RootImage);
+        delta::verify(&a.name, &dest, a.size, &a.sha256, params)
     }
 
     /// The running slot's counterpart of boot file `i` of `target` (slot-a/uki.efi for
@@ -489,13 +492,31 @@ impl Agent {
         // Bytes received in this run, and artifacts already read back in it.
         let mut got = 0u64;
         let mut checked = vec![false; plan.manifest.artifacts.len()];
+        // The hash tree computed from a rebuilt root image, if any.
+        let mut tree: Option<Vec<u8>> = None;
         while artifact < plan.manifest.artifacts.len() {
             let a = &plan.manifest.artifacts[artifact];
             let dest = self.dest(a.kind, &a.name, target);
             let mut done = !plan.manifest.needed_for(target, a); // the other slot's own UKI
+            if let (false, ArtifactKind::VerityTree, Some(t)) = (done, a.kind, tree.take()) {
+                match delta::write_computed(&a.name, &t, &dest, a.size, &a.sha256) {
+                    Ok(()) => {
+                        tracing::info!(
+                            "{}: computed from the rebuilt root image ({} bytes not downloaded)",
+                            a.name,
+                            a.size
+                        );
+                        (done, checked[artifact]) = (true, true);
+                    }
+                    Err(why) => tracing::warn!("{}: {why}; fetching it", a.name),
+                }
+            }
             if let (false, Some(v)) = (done, via.take()) {
                 match self.write_via(plan, artifact, &v, offset, target, &p, &mut got).await {
-                    Ok(()) => (done, checked[artifact]) = (true, true),
+                    Ok(t) => {
+                        (done, checked[artifact]) = (true, true);
+                        tree = tree.or(t);
+                    }
                     Err(DeltaError::Network(message)) => {
                         return Err(InstallError::Network { url: v.file.clone(), message }.into())
                     }

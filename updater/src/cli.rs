@@ -383,8 +383,12 @@ fn status(cli: &Cli) -> Result<()> {
         println!("slot {}        {:<28} {:<24} {}", s.slot, what, st, s.detail);
     }
     let state = match &p.state {
-        State::Downloading { manifest, artifact, offset, .. } => {
-            format!("downloading {} {} (artifact {artifact}, {offset} bytes)", manifest.image, manifest.version)
+        State::Downloading { manifest, artifact, offset, via, .. } => {
+            let how = match via {
+                Some(v) => format!("from {} ({offset} bytes of it, {} blocks written)", v.file, v.applied),
+                None => format!("{offset} bytes"),
+            };
+            format!("downloading {} {} (artifact {artifact}, {how})", manifest.image, manifest.version)
         }
         s => s.name().to_string(),
     };

@@ -17,7 +17,9 @@ use edgeimg_proto::delta::{
     INDEX_MAGIC, MAX_HEADER,
 };
 use edgeimg_proto::release::{DeltaSource, ReleaseArtifact};
+use edgeimg_proto::verity::VerityParams;
 use futures_util::StreamExt;
+use sha2::{Digest, Sha256};
 
 /// Why a delta or index could not be used. Every case falls back to the full download,
 /// except `Network`, which is retried like any download.
@@ -221,6 +223,63 @@ pub fn apply_delta(
         pos += n;
     }
     w.finish(&mut progress)
+}
+
+/// Read the written artifact back from the medium (page cache dropped) and check its
+/// sha256; with `verity`, hash its blocks for dm-verity on the way and return the hash
+/// device (one read for both).
+pub fn verify(
+    what: &str,
+    dest: &Path,
+    size: u64,
+    sha256: &str,
+    verity: Option<&VerityParams>,
+) -> Result<Option<Vec<u8>>, DeltaError> {
+    let Some(p) = verity.filter(|p| p.data_blocks * BLOCK == size) else {
+        return crate::install::verify(what, dest, size, sha256).map(|_| None).map_err(|e| unusable(e.to_string()));
+    };
+    let mut f = File::open(dest).map_err(io("opening", dest))?;
+    use std::os::fd::AsFd;
+    let _ = nix::fcntl::posix_fadvise(f.as_fd(), 0, size as i64, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
+    let mut whole = Sha256::new();
+    // Read in 1 MiB pieces (a multiple of the block), hand out 4 KiB blocks.
+    let mut chunk = vec![0u8; 1 << 20];
+    let (mut have, mut at, mut read) = (0usize, 0usize, 0u64);
+    let (tree, _) = edgeimg_proto::verity::hash_device(p, |b| {
+        if at == have {
+            have = ((size - read) as usize).min(chunk.len());
+            f.read_exact(&mut chunk[..have])?;
+            whole.update(&chunk[..have]);
+            read += have as u64;
+            at = 0;
+        }
+        b.copy_from_slice(&chunk[at..at + b.len()]);
+        at += b.len();
+        Ok(())
+    })
+    .map_err(|e| unusable(e.to_string()))?;
+    let actual = hex::encode(whole.finalize());
+    if actual != sha256 {
+        return Err(unusable(format!(
+            "{what}: read back from {}, sha256 {actual} instead of {sha256}",
+            dest.display()
+        )));
+    }
+    Ok(Some(tree))
+}
+
+/// Write a computed hash tree if it is the signed one, then read it back.
+pub fn write_computed(what: &str, tree: &[u8], dest: &Path, size: u64, sha256: &str) -> Result<(), String> {
+    let actual = hex::encode(Sha256::digest(tree));
+    if tree.len() as u64 != size || actual != sha256 {
+        return Err(format!(
+            "the computed hash tree ({} bytes, sha256 {actual}) is not the signed one ({size} bytes, {sha256})",
+            tree.len()
+        ));
+    }
+    let f = open_dest(dest, size).map_err(|e| e.to_string())?;
+    f.write_all_at(tree, 0).and_then(|_| f.sync_all()).map_err(|e| format!("writing {}: {e}", dest.display()))?;
+    crate::install::verify(what, dest, size, sha256).map_err(|e| e.to_string())
 }
 
 /// A parsed block index.

@@ -66,10 +66,13 @@ pub fn render(agent: &Agent) -> String {
         );
     }
     let (done, total) = match &p.state {
-        State::Downloading { manifest, artifact, offset, target, .. } => {
+        State::Downloading { manifest, artifact, offset, target, via } => {
             let needed = |a: &&edgeimg_proto::release::ReleaseArtifact| manifest.needed_for(*target, a);
             let before: u64 = manifest.artifacts.iter().take(*artifact).filter(needed).map(|a| a.size).sum();
-            (before + offset, manifest.download_size_for(*target))
+            // Through a delta, what counts is the slot written, not the delta downloaded.
+            let size = manifest.artifacts.get(*artifact).map_or(0, |a| a.size);
+            let here = via.as_ref().map_or(*offset, |v| (v.applied * edgeimg_proto::delta::BLOCK).min(size));
+            (before + here, manifest.download_size_for(*target))
         }
         State::Verified { manifest, target } | State::Staged { manifest, target, .. } => {
             let t = manifest.download_size_for(*target);

@@ -7,6 +7,7 @@ mod common;
 use common::device::Device;
 use common::*;
 use edgeimg_proto::payload::ArtifactKind;
+use edgeimg_proto::verity::{hash_device, VerityParams};
 use edgeimg_proto::Slot;
 use edgeimg_release::Repo;
 use sha2::{Digest, Sha256};
@@ -73,9 +74,22 @@ async fn pair_with(secure_boot: bool) -> Pair {
     }
     let moved = root1[1 << 20..(1 << 20) + 65536].to_vec();
     root2[20 << 20..(20 << 20) + 65536].copy_from_slice(&moved);
-    let verity1 = noise("verity", 64 << 10);
-    let mut verity2 = verity1.clone();
-    verity2[4096..4200].fill(7);
+    // Real dm-verity hash devices of the two roots (what veritysetup would write).
+    let params = VerityParams {
+        salt: "ab".repeat(32),
+        uuid: "01234567-89ab-cdef-0123-456789abcdef".into(),
+        data_blocks: (ROOT / 4096) as u64,
+    };
+    let tree = |root: &[u8]| {
+        let mut blocks = root.chunks(4096);
+        hash_device(&params, |b| {
+            b.copy_from_slice(blocks.next().unwrap());
+            Ok(())
+        })
+        .unwrap()
+        .0
+    };
+    let (verity1, verity2) = (tree(&root1), tree(&root2));
     let linux = noise("linux", 300_000);
     let initrd = noise("initrd", 500_000);
     let files = |v: &str, root: &[u8], verity: &[u8]| {
@@ -94,6 +108,10 @@ async fn pair_with(secure_boot: bool) -> Pair {
     };
     for (v, root, verity) in [("1.0.0", &root1, &verity1), ("2.0.0", &root2, &verity2)] {
         let b = fake_build_files(&dir, BOARD, v, 1, &roothash(v), secure_boot, &files(v, root, verity));
+        let pj = b.join("payload/payload.json");
+        let mut payload: serde_json::Value = serde_json::from_slice(&std::fs::read(&pj).unwrap()).unwrap();
+        payload["verity"] = serde_json::to_value(&params).unwrap();
+        std::fs::write(&pj, serde_json::to_vec(&payload).unwrap()).unwrap();
         publish_build(&repo, &keys, &b, 1).await;
     }
     set_channel(&repo, &keys, BOARD, "2.0.0", 100, false).await;
@@ -174,6 +192,7 @@ async fn a_device_on_the_source_release_downloads_only_the_delta() {
     let sent = p.sent() - before;
     assert!(out.contains("root.img: building it in slot B from slot A (1.0.0) and a"), "{out}");
     assert!(out.contains("linux: the same file as slot A's, copied"), "{out}");
+    assert!(out.contains("root.verity: computed from the rebuilt root image"), "{out}");
     assert_installed(&p, &dev, &a, &out);
     // 40 changed blocks of 4 KiB (random, so incompressible) + metadata and the manifest.
     let full = (ROOT + p.v2[1].len() + 800_000) as u64;
@@ -299,4 +318,28 @@ async fn a_signed_kernel_image_comes_as_a_delta_from_the_running_slots() {
     assert_installed(&p, &dev, &a, &out);
     assert_eq!(std::fs::read(dev.root.join("efi/edgeimg/slot-b/uki.efi")).unwrap(), uki('b', "2.0.0"));
     assert!(sent < 300_000, "sent {sent} bytes; the 3 MiB UKI should have come as a delta:\n{out}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_range_that_does_not_match_the_index_is_refused() {
+    // The server's full root image is damaged: the index path notices the first bad block,
+    // falls back, and the full download fails its signed hash too. Nothing is armed.
+    let p = pair().await;
+    let f = p.target("edge~qemu-x86_64~2.0.0~root.img");
+    let mut bytes = std::fs::read(&f).unwrap();
+    for k in 0..40 {
+        let at = (k * 157 + 3) * 4096 % ROOT;
+        bytes[at + 50] ^= 0x01;
+    }
+    std::fs::write(&f, bytes).unwrap();
+    let dev = p.device("dev");
+    dev.set_cmdline(&roothash("0.9.0")); // no delta for it: the index is what it uses
+    let a = slot_a(&dev);
+    let (ok, out) = run(&dev, &[]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("does not match the signed block index"), "{out}");
+    assert!(out.contains("does not match the signed"), "{out}");
+    assert_eq!(slot_a(&dev), a, "slot A was written:\n{out}");
+    assert_ne!(dev.state()["state"]["state"], "staged", "{out}");
+    assert_eq!(dev.power_on(BOARD), Slot::A, "slot B must not be bootable");
 }

@@ -347,7 +347,19 @@ impl Ctx<'_> {
         fs::remove_dir_all(&tree).map_err(io_ctx("removing the work tree"))?;
         timings.insert(
             "root-image",
-            rep.finish("root-image", t, format!("{} MiB, root hash {}…", root.image_bytes >> 20, &root.roothash[..16])),
+            rep.finish(
+                "root-image",
+                t,
+                format!(
+                    "{} MiB{}, root hash {}…",
+                    root.image_bytes >> 20,
+                    root.packed_bytes.map_or(String::new(), |p| format!(
+                        " (delta-friendly layout: +{:.1}% over the packed one)",
+                        root.image_bytes.saturating_sub(p) as f64 * 100.0 / p.max(1) as f64
+                    )),
+                    &root.roothash[..16]
+                ),
+            ),
         );
 
         let t = rep.start("disk", "ESP, data partition, GPT");

@@ -71,6 +71,11 @@ pub fn payload(
         security_version: recipe.image.security_version,
         artifacts,
         slots,
+        verity: Some(edgeimg_proto::verity::VerityParams {
+            salt: root.salt.clone(),
+            uuid: root.verity_uuid.clone(),
+            data_blocks: root.image_bytes / 4096,
+        }),
     };
     let mut json = serde_json::to_vec_pretty(&p).map_err(io::Error::other)?;
     json.push(b'\n');

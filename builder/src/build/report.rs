@@ -192,6 +192,11 @@ impl Report {
         let mut sizes = BTreeMap::new();
         sizes.insert("rootfs_tree_bytes".into(), i.tree_bytes);
         sizes.insert("root_image_bytes".into(), i.root.image_bytes);
+        if let Some(packed) = i.root.packed_bytes {
+            // What the delta-friendly layout (block-aligned file data) costs in size.
+            sizes.insert("root_image_packed_layout_bytes".into(), packed);
+            sizes.insert("delta_friendly_layout_cost_bytes".into(), i.root.image_bytes.saturating_sub(packed));
+        }
         sizes.insert("verity_bytes".into(), i.root.verity_bytes);
         sizes.insert("disk_image_bytes".into(), i.table.size_bytes);
         sizes.insert("disk_mapped_bytes".into(), i.disk_mapped_bytes);

@@ -26,10 +26,15 @@ pub struct RootImage {
     /// dm-verity root hash (hex): what the kernel command line pins.
     pub roothash: String,
     pub salt: String,
+    /// UUID in the hash tree's superblock.
+    pub verity_uuid: String,
     pub image_bytes: u64,
     pub verity_bytes: u64,
     pub image_sha256: String,
     pub verity_sha256: String,
+    /// With the delta-friendly layout: what the same tree takes with file tails packed
+    /// into metadata (the default EROFS layout), to report what block alignment costs.
+    pub packed_bytes: Option<u64>,
 }
 
 pub struct Options<'a> {
@@ -54,22 +59,34 @@ pub fn make(
 ) -> Result<RootImage, RootImageError> {
     let image = out.join("root.img");
     let verity = out.join("root.verity");
-    let mut cmd = Cmd::new("mkfs.erofs");
-    match opts.compression {
-        Compression::None => {}
-        Compression::Lz4 => cmd = cmd.arg("-zlz4"),
-        Compression::Lz4hc => cmd = cmd.arg("-zlz4hc"),
-    }
-    if opts.delta_friendly {
-        // File data block-aligned instead of tails packed into metadata: a small change
-        // then touches few 4 KiB blocks, which keeps block-level deltas small.
-        cmd = cmd.arg("-Enoinline_data");
-    }
-    cmd.arg(format!("-T{}", opts.epoch))
-        .arg(format!("-U{}", opts.uuid.to_string().to_lowercase()))
-        .arg(&image)
-        .arg(tree)
-        .run_streaming(&mut progress)?;
+    let mkfs = |image: &Path, aligned: bool| {
+        let mut cmd = Cmd::new("mkfs.erofs");
+        match opts.compression {
+            Compression::None => {}
+            Compression::Lz4 => cmd = cmd.arg("-zlz4"),
+            Compression::Lz4hc => cmd = cmd.arg("-zlz4hc"),
+        }
+        if aligned {
+            // File data block-aligned instead of tails packed into metadata: a small change
+            // then touches few 4 KiB blocks, which keeps block-level deltas small.
+            cmd = cmd.arg("-Enoinline_data");
+        }
+        cmd.arg(format!("-T{}", opts.epoch))
+            .arg(format!("-U{}", opts.uuid.to_string().to_lowercase()))
+            .arg(image)
+            .arg(tree)
+    };
+    mkfs(&image, opts.delta_friendly).run_streaming(&mut progress)?;
+    let packed_bytes = if opts.delta_friendly {
+        // The same tree in the default layout, only to measure it (a few seconds with lz4).
+        let packed = out.join("root.packed-layout.img");
+        mkfs(&packed, false).run()?;
+        let n = packed.metadata()?.len();
+        std::fs::remove_file(&packed)?;
+        Some(n)
+    } else {
+        None
+    };
 
     let image_bytes = image.metadata()?.len();
     let mib = |b: u64| b.div_ceil(1 << 20);
@@ -118,13 +135,54 @@ pub fn make(
         verity,
         roothash,
         salt,
+        verity_uuid: vuuid.to_string().to_lowercase(),
         image_bytes,
         verity_bytes,
         image_sha256,
+        packed_bytes,
     })
 }
 
 /// Check an image against its hash tree with `veritysetup verify` (no device-mapper needed).
 pub fn verify(image: &Path, verity: &Path, roothash: &str) -> Result<(), ToolError> {
     Cmd::new("veritysetup").arg("verify").arg(image).arg(verity).arg(roothash).run().map(|_| ())
+}
+
+#[cfg(test)]
+mod tests {
+    use edgeimg_proto::verity::{hash_device, VerityParams};
+    use std::io::Read;
+
+    /// The device computes hash trees itself (after a delta); it must agree with
+    /// veritysetup byte for byte, root hash included.
+    #[test]
+    fn the_devices_hash_tree_is_veritysetups() {
+        let d = tempfile::tempdir().unwrap();
+        let data = d.path().join("data");
+        let tree = d.path().join("tree");
+        // 300 blocks: three levels (300 leaves → 3 blocks → 1).
+        let bytes: Vec<u8> = (0..300 * 4096u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+        std::fs::write(&data, &bytes).unwrap();
+        let p = VerityParams {
+            salt: "5a".repeat(32),
+            uuid: "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0".into(),
+            data_blocks: 300,
+        };
+        let out = crate::tools::Cmd::new("veritysetup")
+            .arg("format")
+            .arg("--data-block-size=4096")
+            .arg("--hash-block-size=4096")
+            .arg("--hash=sha256")
+            .arg(format!("--salt={}", p.salt))
+            .arg(format!("--uuid={}", p.uuid))
+            .arg(&data)
+            .arg(&tree)
+            .run()
+            .expect("veritysetup (cryptsetup-bin) is needed for this test");
+        let root = out.lines().find_map(|l| l.strip_prefix("Root hash:")).unwrap().trim().to_string();
+        let mut f = std::fs::File::open(&data).unwrap();
+        let (dev, top) = hash_device(&p, |b| f.read_exact(b)).unwrap();
+        assert_eq!(hex::encode(top), root);
+        assert_eq!(dev, std::fs::read(&tree).unwrap());
+    }
 }

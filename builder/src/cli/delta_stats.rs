@@ -102,6 +102,9 @@ pub fn run(a: DeltaStatsArgs, json: bool) -> Result<()> {
                     None => boot += z,
                 }
             }
+            ArtifactKind::VerityTree if computed_tree(&new, &a.new)?.as_deref() == Some(&n[..]) => {
+                notes.push(format!("{}: computed on the device from the rebuilt root image", art.name));
+            }
             _ => {
                 let Some(o) = old.artifact(art.kind) else { bail!("{} has no {}", a.old.display(), art.name) };
                 let src = read(&file(&a.old, &o.name))?;
@@ -145,7 +148,14 @@ pub fn run(a: DeltaStatsArgs, json: bool) -> Result<()> {
     ];
     if a.casync {
         let mut bytes = boot;
-        for kind in [ArtifactKind::RootImage, ArtifactKind::VerityTree] {
+        // Like for like: where the device computes the hash tree, casync would not ship it either.
+        let tree_computed = notes.iter().any(|n| n.contains("computed on the device"));
+        let kinds: &[ArtifactKind] = if tree_computed {
+            &[ArtifactKind::RootImage]
+        } else {
+            &[ArtifactKind::RootImage, ArtifactKind::VerityTree]
+        };
+        for &kind in kinds {
             if let (Some(o), Some(n)) = (old.artifact(kind), new.artifact(kind)) {
                 bytes += casync(&file(&a.old, &o.name), &file(&a.new, &n.name))?;
             }
@@ -174,6 +184,20 @@ pub fn run(a: DeltaStatsArgs, json: bool) -> Result<()> {
         println!("{:<26} {:>14} {:>8.3}%  {}", r.method, r.bytes, r.percent, r.note);
     }
     Ok(())
+}
+
+/// The hash tree a device computes from the build's root image, if the build says how.
+fn computed_tree(p: &Payload, build: &Path) -> Result<Option<Vec<u8>>> {
+    let (Some(params), Some(root)) = (&p.verity, p.artifact(ArtifactKind::RootImage)) else { return Ok(None) };
+    let bytes = read(&build.join("payload").join(&root.name))?;
+    let mut blocks = bytes.chunks(4096);
+    let (tree, _) = edgeimg_proto::verity::hash_device(params, |b| {
+        let src = blocks.next().unwrap_or_default();
+        b[..src.len()].copy_from_slice(src);
+        b[src.len()..].fill(0);
+        Ok(())
+    })?;
+    Ok(Some(tree))
 }
 
 /// Bytes casync needs: chunks of `new` missing from `old`'s store, plus `new`'s index.

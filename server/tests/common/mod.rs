@@ -119,6 +119,7 @@ pub fn fake_build(dir: &Path, board: &str, image: &str, version: &str, root_len:
         security_version: 1,
         artifacts,
         slots,
+        verity: None,
     };
     std::fs::write(p.join("payload.json"), serde_json::to_vec_pretty(&payload).unwrap()).unwrap();
     b

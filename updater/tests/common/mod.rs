@@ -165,6 +165,7 @@ pub fn fake_build_files(
         security_version,
         artifacts,
         slots,
+        verity: None,
     };
     std::fs::write(p.join("payload.json"), serde_json::to_vec_pretty(&payload).unwrap()).unwrap();
     b
