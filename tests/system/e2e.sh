@@ -239,11 +239,13 @@ wait_for "v2: the device starts installing" 120 grep -aq "installing .*2\.0\.0" 
 wait_for "v2: reboot into slot b" 600 reboots_more_than 0 "$L1"
 timing "v2 publish to reboot (download + write)" "$(elapsed "$t0")"
 # v2 differs from v1 in its version only: slot b is built from slot a plus deltas (root image,
-# hash tree, and slot b's signed UKI from slot a's), checked whole before it can boot.
-for f in root.img root.verity uki-b.efi; do
+# and slot b's signed UKI from slot a's), its hash tree computed from the rebuilt root image,
+# each checked whole against the signed sha256 before the slot can boot.
+for f in root.img uki-b.efi; do
     grep -aq "$f: building it in slot B from slot A (1.0.0) and a [0-9]*-byte delta" "$L1" \
         || fail "v2's $f was not built from a delta (serial log $L1)"
 done
+grep -aq "root.verity: computed from the rebuilt root image" "$L1" || fail "v2's hash tree was not computed on the device ($L1)"
 grep -aq "delta.*not usable" "$L1" && fail "a v2 delta was refused: $(grep -a "not usable" "$L1" | head -n 1)"
 v2_bytes=$(grep -ao "k3s-test 2.0.0: [0-9]* bytes downloaded in this run ([0-9.]*% of the [0-9]*" "$L1" | head -n 1)
 [ -n "$v2_bytes" ] || fail "the updater did not log what v2 downloaded (serial log $L1)"

@@ -4,6 +4,10 @@
 //! stored once. Each image appears in `index.json` under its full name (and, when it has a
 //! tag, also as `name@digest`), annotated the way containerd's importer reads names. The
 //! tar is deterministic: sorted entries, fixed owner, mode and time.
+//!
+//! Every blob's data starts on a 4 KiB boundary of the archive (empty `.pad/N` entries in
+//! between, which importers ignore): when one image changes, the blobs that did not keep
+//! their 4 KiB blocks, only at other offsets, and a block-level delta copies them.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -115,7 +119,13 @@ pub fn write(dir: &Path, images: &[PulledImage], blobs_root: &Path, epoch: u64) 
     let mut tar = tar::Builder::new(out);
     tar.append(&header("oci-layout", layout.len() as u64, epoch), &layout[..])?;
     tar.append(&header("index.json", index.len() as u64, epoch), &index[..])?;
-    for (digest, size) in &blobs {
+    for (i, (digest, size)) in blobs.iter().enumerate() {
+        // Pad so that this blob's data (after its 512-byte header) starts on 4 KiB.
+        let pad = (4096 - (tar.get_ref().n + 512) % 4096) % 4096;
+        if pad > 0 {
+            let zeros = vec![0u8; (pad - 512) as usize];
+            tar.append(&header(&format!(".pad/{i}"), zeros.len() as u64, epoch), &zeros[..])?;
+        }
         let hexd = digest.trim_start_matches("sha256:");
         let f = open_blob(blobs_root, digest)?;
         if f.metadata()?.len() != *size {
@@ -183,8 +193,17 @@ mod tests {
             vec!["127.0.0.1:5000/a:1".to_string(), format!("127.0.0.1:5000/a@{}", m1.digest)]
         );
         let mut ar = tar::Archive::new(File::open(out.join(&a.file_name)).unwrap());
-        let paths: Vec<String> =
-            ar.entries().unwrap().map(|e| e.unwrap().path().unwrap().display().to_string()).collect();
+        let mut paths = Vec::new();
+        for e in ar.entries().unwrap() {
+            let e = e.unwrap();
+            let p = e.path().unwrap().display().to_string();
+            if p.starts_with("blobs/") {
+                assert_eq!(e.raw_file_position() % 4096, 0, "{p} is not on a 4 KiB boundary");
+            }
+            if !p.starts_with(".pad/") {
+                paths.push(p);
+            }
+        }
         assert_eq!(paths.len(), 2 + 3, "oci-layout, index.json and three distinct blobs: {paths:?}");
         let b = write(&out, &imgs, d.path(), 1000).unwrap();
         assert_eq!((a.file_name, a.sha256), (b.file_name, b.sha256));
