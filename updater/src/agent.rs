@@ -412,7 +412,7 @@ impl Agent {
         // The read-back check of a rebuilt root image also hashes its blocks for dm-verity:
         // the hash tree is then computed here, not downloaded.
         let params = plan.manifest.verity.as_ref().filter(|_| a.kind == ArtifactKind::RootImage);
-        delta::verify(&a.name, &dest, a.size, &a.sha256, params)
+        delta::verify(&a.name, &dest, a.size, &a.sha256, params, Some(&plan.manifest.roothash))
     }
 
     /// The running slot's counterpart of boot file `i` of `target` (slot-a/uki.efi for

@@ -227,13 +227,14 @@ pub fn apply_delta(
 
 /// Read the written artifact back from the medium (page cache dropped) and check its
 /// sha256; with `verity`, hash its blocks for dm-verity on the way and return the hash
-/// device (one read for both).
+/// device (one read for both), if its root hash is `roothash`.
 pub fn verify(
     what: &str,
     dest: &Path,
     size: u64,
     sha256: &str,
     verity: Option<&VerityParams>,
+    roothash: Option<&str>,
 ) -> Result<Option<Vec<u8>>, DeltaError> {
     let Some(p) = verity.filter(|p| p.data_blocks * BLOCK == size) else {
         return crate::install::verify(what, dest, size, sha256).map(|_| None).map_err(|e| unusable(e.to_string()));
@@ -245,7 +246,7 @@ pub fn verify(
     // Read in 1 MiB pieces (a multiple of the block), hand out 4 KiB blocks.
     let mut chunk = vec![0u8; 1 << 20];
     let (mut have, mut at, mut read) = (0usize, 0usize, 0u64);
-    let (tree, _) = edgeimg_proto::verity::hash_device(p, |b| {
+    let (tree, root) = edgeimg_proto::verity::hash_device(p, |b| {
         if at == have {
             have = ((size - read) as usize).min(chunk.len());
             f.read_exact(&mut chunk[..have])?;
@@ -264,6 +265,10 @@ pub fn verify(
             "{what}: read back from {}, sha256 {actual} instead of {sha256}",
             dest.display()
         )));
+    }
+    if roothash.is_some_and(|h| h != hex::encode(root)) {
+        tracing::warn!("{what}: the hash tree computed from it has another root hash than the release; not used");
+        return Ok(None);
     }
     Ok(Some(tree))
 }

@@ -38,8 +38,11 @@ struct Pair {
     server: server::Server,
     v1: Vec<Vec<u8>>,
     v2: Vec<Vec<u8>>,
+    /// 1.0.0's dm-verity root hash (on its kernel command line).
+    rh1: String,
 }
 
+/// The root hash of a build nobody published.
 fn roothash(v: &str) -> String {
     hex::encode(Sha256::digest(format!("roothash {v}").as_bytes()))
 }
@@ -82,14 +85,14 @@ async fn pair_with(secure_boot: bool) -> Pair {
     };
     let tree = |root: &[u8]| {
         let mut blocks = root.chunks(4096);
-        hash_device(&params, |b| {
+        let (dev, top) = hash_device(&params, |b| {
             b.copy_from_slice(blocks.next().unwrap());
             Ok(())
         })
-        .unwrap()
-        .0
+        .unwrap();
+        (dev, hex::encode(top))
     };
-    let (verity1, verity2) = (tree(&root1), tree(&root2));
+    let ((verity1, rh1), (verity2, rh2)) = (tree(&root1), tree(&root2));
     let linux = noise("linux", 300_000);
     let initrd = noise("initrd", 500_000);
     let files = |v: &str, root: &[u8], verity: &[u8]| {
@@ -106,8 +109,8 @@ async fn pair_with(secure_boot: bool) -> Pair {
         }
         f
     };
-    for (v, root, verity) in [("1.0.0", &root1, &verity1), ("2.0.0", &root2, &verity2)] {
-        let b = fake_build_files(&dir, BOARD, v, 1, &roothash(v), secure_boot, &files(v, root, verity));
+    for (v, root, verity, rh) in [("1.0.0", &root1, &verity1, &rh1), ("2.0.0", &root2, &verity2, &rh2)] {
+        let b = fake_build_files(&dir, BOARD, v, 1, rh, secure_boot, &files(v, root, verity));
         let pj = b.join("payload/payload.json");
         let mut payload: serde_json::Value = serde_json::from_slice(&std::fs::read(&pj).unwrap()).unwrap();
         payload["verity"] = serde_json::to_value(&params).unwrap();
@@ -116,7 +119,7 @@ async fn pair_with(secure_boot: bool) -> Pair {
     }
     set_channel(&repo, &keys, BOARD, "2.0.0", 100, false).await;
     let server = server::start(repo.dir.clone());
-    Pair { _d: d, dir, keys, repo, server, v1: vec![root1, verity1, linux, initrd], v2: vec![root2, verity2] }
+    Pair { _d: d, dir, keys, repo, server, v1: vec![root1, verity1, linux, initrd], v2: vec![root2, verity2], rh1 }
 }
 
 impl Pair {
@@ -139,7 +142,7 @@ impl Pair {
         std::fs::write(dev.root.join("efi/edgeimg/slot-a/linux"), &self.v1[2]).unwrap();
         std::fs::write(dev.root.join("efi/edgeimg/slot-a/initrd"), &self.v1[3]).unwrap();
         std::fs::write(dev.root.join("efi/edgeimg/slot-a/uki.efi"), uki('a', "1.0.0")).unwrap();
-        dev.set_cmdline(&roothash("1.0.0"));
+        dev.set_cmdline(&self.rh1);
         dev
     }
 
@@ -297,7 +300,7 @@ async fn a_power_cut_while_applying_resumes_where_it_was() {
     assert!((4096..5120).contains(&applied), "16 to 20 MiB should be recorded as written: {st}");
     // Power comes back: the loader still boots A (B was disarmed first); the updater goes on.
     assert_eq!(dev.power_on(BOARD), Slot::A);
-    dev.set_cmdline(&roothash("1.0.0"));
+    dev.set_cmdline(&p.rh1);
     let (ok, out) = run(&dev, &[]);
     assert!(ok, "{out}");
     assert!(out.contains(&format!("(block {applied} written)")), "{out}");
