@@ -5,9 +5,11 @@
 //! tag, also as `name@digest`), annotated the way containerd's importer reads names. The
 //! tar is deterministic: sorted entries, fixed owner, mode and time.
 //!
-//! Every blob's data starts on a 4 KiB boundary of the archive (empty `.pad/N` entries in
+//! Every blob's data starts on a 4 KiB boundary of the archive (`.pad/N` entries in
 //! between, which importers ignore): when one image changes, the blobs that did not keep
-//! their 4 KiB blocks, only at other offsets, and a block-level delta copies them.
+//! their 4 KiB blocks, only at other offsets. A block-level delta copies them where the
+//! archive's blocks reach the root image as they are (`compression = "none"`); EROFS lz4
+//! cuts compressed clusters at other places, so with compression it does not help yet.
 
 use std::collections::BTreeMap;
 use std::fs::File;
