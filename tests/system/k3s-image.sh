@@ -159,6 +159,16 @@ for f in "$T"/x/archive/blobs/sha256/*; do
     [ "$(sha256sum <"$f" | cut -c1-64)" = "$(basename "$f")" ] || fail "blob $(basename "$f") does not match its digest"
 done
 ok "every blob in $(basename "$A") matches its digest ($(ls "$T/x/archive/blobs/sha256" | wc -l) blobs)"
+# Delta-friendly: blobs start on 4 KiB in the archive, and EROFS stores the archive as is.
+python3 - "$A" <<'PY' || fail "a blob of $(basename "$A") does not start on a 4 KiB boundary"
+import sys, tarfile
+with tarfile.open(sys.argv[1]) as t:
+    bad = [m.name for m in t.getmembers() if m.name.startswith("blobs/") and m.offset_data % 4096]
+sys.exit(1 if bad else 0)
+PY
+dump.erofs --path="/usr/lib/edgeimg/k3s/images/$(basename "$A")" "$B/payload/root.img" | grep -q "Layout: 0" \
+    || fail "the images archive is compressed in the root image: $(dump.erofs --path="/usr/lib/edgeimg/k3s/images/$(basename "$A")" "$B/payload/root.img" | head -n 3)"
+ok "images archive: blobs on 4 KiB boundaries, stored uncompressed in EROFS"
 for ref in "$REGISTRY/edgeimg/hello:1.0" "$REGISTRY/edgeimg/app:2.0"; do
     arch=$(skopeo inspect "oci-archive:$A:$ref" | jq -r .Architecture) || fail "skopeo cannot read $ref from the archive"
     [ "$arch" = amd64 ] || fail "$ref in the archive is $arch, want amd64"

@@ -51,6 +51,10 @@ pub struct Options<'a> {
     pub salt_seed: &'a str,
 }
 
+/// Files mkfs.erofs leaves uncompressed (a regex on the path inside the image): K3s's
+/// airgap and image archives (`/usr/lib/edgeimg/k3s/images/`).
+pub const UNCOMPRESSED: &str = "usr/lib/edgeimg/k3s/images/";
+
 pub fn make(
     tree: &Path,
     out: &Path,
@@ -59,6 +63,13 @@ pub fn make(
 ) -> Result<RootImage, RootImageError> {
     let image = out.join("root.img");
     let verity = out.join("root.verity");
+    // Container image archives stay uncompressed: their layers are compressed already, and
+    // EROFS's compressed clusters would not line up from one build to the next, so one
+    // changed image would change the blocks of every image after it (their blobs start on
+    // 4 KiB boundaries in the archive, see oci::archive). A pcluster size of 0 means "do
+    // not compress" to mkfs.erofs.
+    let hints = out.join("compress-hints");
+    std::fs::write(&hints, format!("0 {UNCOMPRESSED}\n"))?;
     let mkfs = |image: &Path, aligned: bool| {
         let mut cmd = Cmd::new("mkfs.erofs");
         match opts.compression {
@@ -70,6 +81,9 @@ pub fn make(
             // File data block-aligned instead of tails packed into metadata: a small change
             // then touches few 4 KiB blocks, which keeps block-level deltas small.
             cmd = cmd.arg("-Enoinline_data");
+            if opts.compression != Compression::None {
+                cmd = cmd.arg(format!("--compress-hints={}", hints.display()));
+            }
         }
         cmd.arg(format!("-T{}", opts.epoch))
             .arg(format!("-U{}", opts.uuid.to_string().to_lowercase()))
@@ -87,6 +101,7 @@ pub fn make(
     } else {
         None
     };
+    std::fs::remove_file(&hints)?;
 
     let image_bytes = image.metadata()?.len();
     let mib = |b: u64| b.div_ceil(1 << 20);
