@@ -109,6 +109,13 @@ pub fn backend(s: &Settings, root: &Path) -> Box<dyn BootBackend> {
             efivars: s.efivars.clone(),
             cmdline: root.join("proc/cmdline"),
         }),
+        BootBackendKind::UBoot => Box::new(crate::boot::uboot::UBoot {
+            boot_dir: s.boot_dir.clone(),
+            configs: s.fw_env_config.clone(),
+            cmdline: root.join("proc/cmdline"),
+            scratch: s.state_dir.join("tmp"),
+            fw_setenv: "fw_setenv".into(),
+        }),
         BootBackendKind::Fake => Box::new(Fake {
             state_file: s.fake_state.clone().unwrap_or_else(|| s.state_dir.join("fake-boot.json")),
             boot_dir: s.boot_dir.clone(),

@@ -59,6 +59,8 @@ pub struct BootFragment {
     pub backend: Option<String>,
     pub boot_dir: Option<PathBuf>,
     pub efivars: Option<PathBuf>,
+    /// U-Boot: fw_env.config files of the two copies of the boot state, first copy first.
+    pub fw_env_config: Option<Vec<PathBuf>>,
     pub tries: Option<u32>,
     /// File-backed fake backend state (tests).
     pub fake_state: Option<PathBuf>,
@@ -123,7 +125,7 @@ impl Fragment {
         );
         if let Some(b) = &o.boot {
             let m = self.boot.get_or_insert_with(Default::default);
-            merge_opt!(m, b, backend, boot_dir, efivars, tries, fake_state);
+            merge_opt!(m, b, backend, boot_dir, efivars, fw_env_config, tries, fake_state);
         }
         if let Some(s) = &o.slots {
             let m = self.slots.get_or_insert_with(Default::default);
@@ -143,6 +145,7 @@ impl Fragment {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum BootBackendKind {
     SystemdBoot,
+    UBoot,
     Fake,
 }
 
@@ -179,6 +182,7 @@ pub struct Settings {
     pub backend: BootBackendKind,
     pub boot_dir: PathBuf,
     pub efivars: PathBuf,
+    pub fw_env_config: Vec<PathBuf>,
     pub tries: u32,
     pub fake_state: Option<PathBuf>,
     pub root: BTreeMap<edgeimg_proto::Slot, PathBuf>,
@@ -262,10 +266,11 @@ fn settings(f: Fragment, root: &Path) -> Result<Settings, ConfigError> {
     let boot = f.boot.clone().unwrap_or_default();
     let backend = match boot.backend.as_deref().unwrap_or("systemd-boot") {
         "systemd-boot" => BootBackendKind::SystemdBoot,
+        "u-boot" => BootBackendKind::UBoot,
         "fake" => BootBackendKind::Fake,
         other => {
             return Err(ConfigError::Invalid(format!(
-                "boot.backend = \"{other}\": known backends are systemd-boot, fake"
+                "boot.backend = \"{other}\": known backends are systemd-boot, u-boot, fake"
             )))
         }
     };
@@ -329,6 +334,10 @@ fn settings(f: Fragment, root: &Path) -> Result<Settings, ConfigError> {
         backend,
         boot_dir: boot.boot_dir.clone().unwrap_or_else(|| at("/efi")),
         efivars: boot.efivars.clone().unwrap_or_else(|| at("/sys/firmware/efi/efivars")),
+        fw_env_config: boot
+            .fw_env_config
+            .clone()
+            .unwrap_or_else(|| vec![at("/etc/fw_env.config"), at("/usr/lib/edgeimg/fw_env.redund.config")]),
         tries: boot.tries.unwrap_or(1).clamp(1, 9),
         fake_state: boot.fake_state.clone(),
         root: root_map,

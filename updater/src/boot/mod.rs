@@ -3,6 +3,7 @@
 
 pub mod fake;
 pub mod systemd_boot;
+pub mod uboot;
 
 use std::path::{Path, PathBuf};
 
