@@ -22,6 +22,7 @@ pub const MKFS_EXT4: Tool = Tool { bin: "mkfs.ext4", package: "e2fsprogs" };
 pub const DPKG_QUERY: Tool = Tool { bin: "dpkg-query", package: "dpkg" };
 pub const SBSIGN: Tool = Tool { bin: "sbsign", package: "sbsigntool" };
 pub const SYSTEMCTL: Tool = Tool { bin: "systemctl", package: "systemd" };
+pub const MKIMAGE: Tool = Tool { bin: "mkimage", package: "u-boot-tools" };
 
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {

@@ -27,7 +27,7 @@ metrics = "127.0.0.1:9101"
     let d = tempfile::tempdir().unwrap();
     let f = d.path().join("usr/lib/edgeimg/updater.toml");
     std::fs::create_dir_all(f.parent().unwrap()).unwrap();
-    std::fs::write(&f, u.render("qemu-x86_64", 2)).unwrap();
+    std::fs::write(&f, u.render("qemu-x86_64", "systemd-boot", 2)).unwrap();
     let s = edgeimg_updater::config::load(d.path(), None).unwrap();
     assert_eq!(s.server.as_deref(), Some("http://10.0.2.100:8080"));
     assert_eq!(s.repository.as_deref(), Some("http://10.0.2.100:8080/tuf"));
@@ -35,6 +35,7 @@ metrics = "127.0.0.1:9101"
     assert_eq!(s.channel, "canary");
     assert_eq!(s.poll_interval.as_secs(), 900);
     assert_eq!(s.tries, 2);
+    assert_eq!(s.backend, edgeimg_updater::config::BootBackendKind::SystemdBoot);
     assert!(s.drain);
     assert_eq!(s.reboot_policy, edgeimg_updater::config::RebootPolicy::Manual);
     assert_eq!(s.reboot_window, Some((120, 240)));
@@ -43,8 +44,10 @@ metrics = "127.0.0.1:9101"
     assert_eq!(s.k3s_node_ready, Some(false));
     assert_eq!(s.metrics_listen, Some("127.0.0.1:9101".parse().unwrap()));
     // The defaults an image without [updater] gets also load.
-    std::fs::write(&f, Updater::default().render("nuc", 1)).unwrap();
+    std::fs::write(&f, Updater::default().render("qemu-arm64", "u-boot", 1)).unwrap();
     let s = edgeimg_updater::config::load(d.path(), None).unwrap();
+    assert_eq!(s.backend, edgeimg_updater::config::BootBackendKind::UBoot);
+    assert_eq!(s.fw_env_config[0], d.path().join("etc/fw_env.config"));
     assert_eq!(s.server, None);
     assert_eq!(s.channel, "stable");
     assert_eq!(s.metrics_listen, None, "metrics are off unless configured");

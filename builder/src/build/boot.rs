@@ -17,7 +17,7 @@ use edgeimg_proto::slot::EntryImage;
 use edgeimg_proto::Slot;
 
 use crate::config::secure_boot::SecureBoot;
-use crate::config::{Arch, Board};
+use crate::config::{Arch, Board, BootBackend};
 use crate::fsutil::{clamp_mtimes, in_root, write_file};
 use crate::gpt::Guid;
 use crate::tools::{Cmd, ToolError};
@@ -233,51 +233,16 @@ pub struct EspInput<'a> {
     pub secure_boot: Option<(&'a SecureBoot, &'a Path)>,
 }
 
-/// Build the ESP as a FAT32 image file with slot A installed and blessed.
+/// Build the boot partition as a FAT32 image file with slot A installed and committed: the
+/// board's loader and its state, then slot A's boot files.
 pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError> {
-    let (loader, _) = efi_names(input.board.arch);
-    let loader_src = in_root(input.tree, &format!("/usr/lib/systemd/boot/efi/{loader}"));
-    if !loader_src.exists() {
-        return Err(BootError::Missing(format!("/usr/lib/systemd/boot/efi/{loader} (package systemd-boot-efi)")));
-    }
     let staging = out.join("esp-staging");
     let _ = fs::remove_dir_all(&staging);
     fs::create_dir_all(&staging)?;
-    let loader_bytes = match input.secure_boot {
-        Some((sb, dir)) => {
-            let signed = out.join(loader);
-            sign(sb, dir, &loader_src, &signed)?;
-            let b = fs::read(&signed)?;
-            fs::remove_file(&signed)?;
-            b
-        }
-        None => fs::read(&loader_src)?,
-    };
-    for path in loader_paths(input.board.arch) {
-        write_file(&staging, &path, &loader_bytes, 0o644)?;
+    match input.board.boot.backend {
+        BootBackend::SystemdBoot => systemd_boot_files(out, &staging, input)?,
+        BootBackend::UBoot => uboot_files(out, &staging, input)?,
     }
-    write_file(
-        &staging,
-        "/loader/loader.conf",
-        format!(
-            "# Written by edgeimg. Never pin `default` to one slot: boot counting needs the\n\
-             # loader free to pick the other slot when a tried one runs out of tries.\n\
-             timeout {}\n\
-             default slot-*\n\
-             editor no\n\
-             auto-entries no\n\
-             auto-firmware no\n\
-             console-mode keep\n",
-            input.board.boot.menu_timeout
-        ),
-        0o644,
-    )?;
-    write_file(
-        &staging,
-        &format!("/loader/entries/{}.conf", Slot::A.entry_id()),
-        sd_boot_entry(Slot::A, input.title, 1, input.boot, input.cmdline_a),
-        0o644,
-    )?;
     let file_of = |artifact: &str| {
         input.boot.artifacts.iter().find(|(n, _)| n == artifact).map(|(_, p)| p.clone()).unwrap_or_default()
     };
@@ -313,6 +278,81 @@ pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError>
     mcopy_tree(&img, &staging, input.epoch)?;
     fs::remove_dir_all(&staging)?;
     Ok(img)
+}
+
+/// U-Boot: the A/B boot script (source and compiled), both copies of the boot state with
+/// slot A committed, and slot A's command line next to its kernel.
+fn uboot_files(out: &Path, staging: &Path, input: &EspInput<'_>) -> Result<(), BootError> {
+    use edgeimg_proto::uboot::{self, BootState, CMDLINE_FILE, ENV_FILE, ENV_REDUND_FILE, SCRIPT_FILE};
+    let script = uboot::boot_script(input.board.boot.tries);
+    write_file(staging, "/boot.cmd", &script, 0o644)?;
+    let src = out.join("boot.cmd");
+    fs::write(&src, &script)?;
+    Cmd::new("mkimage")
+        .args(["-A", "arm64", "-O", "linux", "-T", "script", "-C", "none", "-n", "edgeimg A/B boot", "-d"])
+        .arg(&src)
+        .arg(in_root(staging, &format!("/{SCRIPT_FILE}")))
+        .env("SOURCE_DATE_EPOCH", input.epoch.to_string())
+        .run()?;
+    fs::remove_file(&src)?;
+    let env = uboot::encode(&BootState::committed(Slot::A, input.board.boot.tries).to_vars())
+        .map_err(|e| std::io::Error::other(e.to_string()))?;
+    for name in [ENV_FILE, ENV_REDUND_FILE] {
+        write_file(staging, &format!("/{name}"), &env, 0o644)?;
+    }
+    write_file(
+        staging,
+        &format!("{}/{CMDLINE_FILE}", Slot::A.boot_dir()),
+        format!("bootargs={}\n", input.cmdline_a),
+        0o644,
+    )?;
+    Ok(())
+}
+
+/// systemd-boot: the loader (signed for Secure Boot) at both ESP paths, loader.conf and
+/// slot A's entry.
+fn systemd_boot_files(out: &Path, staging: &Path, input: &EspInput<'_>) -> Result<(), BootError> {
+    let (loader, _) = efi_names(input.board.arch);
+    let loader_src = in_root(input.tree, &format!("/usr/lib/systemd/boot/efi/{loader}"));
+    if !loader_src.exists() {
+        return Err(BootError::Missing(format!("/usr/lib/systemd/boot/efi/{loader} (package systemd-boot-efi)")));
+    }
+    let loader_bytes = match input.secure_boot {
+        Some((sb, dir)) => {
+            let signed = out.join(loader);
+            sign(sb, dir, &loader_src, &signed)?;
+            let b = fs::read(&signed)?;
+            fs::remove_file(&signed)?;
+            b
+        }
+        None => fs::read(&loader_src)?,
+    };
+    for path in loader_paths(input.board.arch) {
+        write_file(staging, &path, &loader_bytes, 0o644)?;
+    }
+    write_file(
+        staging,
+        "/loader/loader.conf",
+        format!(
+            "# Written by edgeimg. Never pin `default` to one slot: boot counting needs the\n\
+             # loader free to pick the other slot when a tried one runs out of tries.\n\
+             timeout {}\n\
+             default slot-*\n\
+             editor no\n\
+             auto-entries no\n\
+             auto-firmware no\n\
+             console-mode keep\n",
+            input.board.boot.menu_timeout
+        ),
+        0o644,
+    )?;
+    write_file(
+        staging,
+        &format!("/loader/entries/{}.conf", Slot::A.entry_id()),
+        sd_boot_entry(Slot::A, input.title, 1, input.boot, input.cmdline_a),
+        0o644,
+    )?;
+    Ok(())
 }
 
 /// Copy a staging tree into a FAT image with mtools, reproducibly (fixed timestamps).

@@ -57,6 +57,10 @@ pub enum BuildError {
     Tool(#[from] ToolError),
     #[error("edgeimg build needs root (mmdebstrap installs packages as root, file ownership must be kept); run it with sudo")]
     NotRoot,
+    #[error("{0}")]
+    Unsupported(String),
+    #[error("{0}")]
+    NoEmulation(String),
     #[error(transparent)]
     Rootfs(#[from] rootfs::RootfsError),
     #[error("customizing the root filesystem: {0}")]
@@ -83,6 +87,27 @@ fn cross_triple(arch: config::Arch) -> Option<&'static str> {
         (config::Arch::Amd64, "x86_64") | (config::Arch::Arm64, "aarch64") => None,
         (config::Arch::Amd64, _) => Some("x86_64-unknown-linux-gnu"),
         (config::Arch::Arm64, _) => Some("aarch64-unknown-linux-gnu"),
+    }
+}
+
+/// A root filesystem for another architecture is assembled by running its package scripts
+/// under QEMU user emulation: the kernel must hand that architecture's binaries to QEMU.
+fn check_emulation(arch: config::Arch) -> Result<(), BuildError> {
+    let Some(triple) = cross_triple(arch) else { return Ok(()) };
+    let qemu = triple.split('-').next().unwrap_or_default();
+    let entry = Path::new("/proc/sys/fs/binfmt_misc").join(format!("qemu-{qemu}"));
+    match fs::read_to_string(&entry) {
+        Ok(s) if s.starts_with("enabled") => Ok(()),
+        Ok(_) => Err(BuildError::NoEmulation(format!("{} is disabled: enable it with `echo 1 > {}`", entry.display(), entry.display()))),
+        Err(_) => Err(BuildError::NoEmulation(format!(
+            "building a {} image on this {} host needs QEMU user emulation registered with the kernel, and {} is missing. \
+             Install it with `apt-get install -t bookworm-backports qemu-user-static qemu-user-binfmt`; \
+             without systemd, register it with `mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc; \
+             /lib/systemd/systemd-binfmt /usr/lib/binfmt.d/qemu-{qemu}.conf` (ci/setup does both)",
+            arch.debian(),
+            std::env::consts::ARCH,
+            entry.display()
+        ))),
     }
 }
 
@@ -177,8 +202,20 @@ pub fn build(opts: &BuildOptions, rep: &dyn Reporter) -> Result<Built, BuildErro
     };
     tools::require(&required_tools())?;
     if recipe.recipe.secure_boot.is_some() {
+        if board.boot.backend != config::BootBackend::SystemdBoot {
+            return Err(BuildError::Unsupported(format!(
+                "the recipe has [secure_boot], which needs a UEFI board (boot.backend = \"systemd-boot\"); \
+                 board {} boots with {}: remove [secure_boot] for it or build for another board",
+                board.name,
+                board.boot.backend.name()
+            )));
+        }
         tools::require(&[tools::SBSIGN])?;
     }
+    if board.boot.backend == config::BootBackend::UBoot {
+        tools::require(&[tools::MKIMAGE])?;
+    }
+    check_emulation(board.arch)?;
     if !nix::unistd::geteuid().is_root() {
         return Err(BuildError::NotRoot);
     }

@@ -76,6 +76,8 @@ fn base_packages(board: &Board) -> Vec<&'static str> {
     ];
     match board.boot.backend {
         BootBackend::SystemdBoot => v.extend(["systemd-boot", "systemd-boot-efi"]),
+        // fw_printenv/fw_setenv: the updater reads and writes the boot state with them.
+        BootBackend::UBoot => v.push("libubootenv-tool"),
     }
     v
 }

@@ -81,12 +81,17 @@ fn default_tries() -> u32 {
 pub enum BootBackend {
     /// UEFI + systemd-boot with boot counting (x86 NUC, qemu-x86_64).
     SystemdBoot,
+    /// U-Boot + edgeimg's boot script: A/B with a try counter kept in two copies of
+    /// `uboot.env` on the boot partition, which Linux reaches with `fw_setenv` (qemu-arm64,
+    /// Raspberry Pi 4 with Debian's kernel).
+    UBoot,
 }
 
 impl BootBackend {
     pub fn name(self) -> &'static str {
         match self {
             BootBackend::SystemdBoot => "systemd-boot",
+            BootBackend::UBoot => "u-boot",
         }
     }
 }

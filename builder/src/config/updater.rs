@@ -176,7 +176,7 @@ impl Updater {
     }
 
     /// The image's layer of the updater configuration (/usr/lib/edgeimg/updater.toml).
-    pub fn render(&self, board: &str, tries: u32) -> String {
+    pub fn render(&self, board: &str, backend: &str, tries: u32) -> String {
         let q = |s: &str| format!("\"{}\"", s.replace('\\', "\\\\").replace('"', "\\\""));
         let mut t = String::from("# Written by edgeimg build: the image's defaults. Override per device in\n# /etc/edgeimg/updater.toml or /data/edgeimg/updater.toml.\n");
         if let Some(s) = &self.server {
@@ -202,7 +202,7 @@ impl Updater {
         if let Some(m) = &self.metrics {
             t.push_str(&format!("metrics_listen = {}\n", q(m)));
         }
-        t.push_str(&format!("\n[boot]\nbackend = \"systemd-boot\"\ntries = {tries}\n"));
+        t.push_str(&format!("\n[boot]\nbackend = {}\ntries = {tries}\n", q(backend)));
         t.push_str(&format!("\n[reboot]\npolicy = {}\ndrain = {}\n", q(&self.reboot), self.drain));
         if let Some(w) = &self.reboot_window {
             t.push_str(&format!("window = {}\n", q(w)));

@@ -104,12 +104,15 @@ pub fn customize(root: &Path, input: &Input<'_>) -> Result<Summary, CustomizeErr
         root,
         input.updater,
         input.epoch,
-        &u.render(&input.board.name, input.board.boot.tries),
+        &u.render(&input.board.name, input.board.boot.backend.name(), input.board.boot.tries),
         trusted_root.as_deref(),
         deadline + 120,
     )?;
     if let Some(t) = input.tpm_tool {
         system::tpm(root, t)?;
+    }
+    if input.board.boot.backend == crate::config::BootBackend::UBoot {
+        system::uboot_env(root, input.board.boot.tries)?;
     }
     if let (Some(k), Some(f)) = (&r.k3s, input.k3s) {
         summary.k3s = Some(super::k3s::install(root, k, input.recipe, f)?);

@@ -388,3 +388,29 @@ pub fn default_enabled(root: &Path, ssh: bool) -> Vec<&'static str> {
     }
     v
 }
+
+/// U-Boot boards: where `fw_printenv`/`fw_setenv` find the two copies of the boot state on
+/// the boot partition (mounted at /efi), and the state they fall back to when a copy fails
+/// its CRC (`/etc/u-boot-initial-env`, libubootenv's default). `/etc/fw_env.config` names the first copy, so a plain `fw_printenv` shows what
+/// U-Boot reads; the updater writes both (edgeimg_proto::uboot).
+pub fn uboot_env(root: &Path, tries: u32) -> io::Result<()> {
+    use edgeimg_proto::uboot::{BootState, ENV_FILE, ENV_REDUND_FILE, ENV_SIZE};
+    let config = |file: &str, note: &str| {
+        format!(
+            "# Written by edgeimg: {note}\n# device or file   offset   size\n/efi/{file}   0x0000   {ENV_SIZE:#06x}\n"
+        )
+    };
+    write_file(root, "/etc/fw_env.config", config(ENV_FILE, "the boot state U-Boot reads first."), 0o644)?;
+    write_file(
+        root,
+        "/usr/lib/edgeimg/fw_env.redund.config",
+        config(ENV_REDUND_FILE, "the second copy of the boot state (read when the first fails its CRC)."),
+        0o644,
+    )?;
+    let defaults: String = BootState::committed(edgeimg_proto::Slot::A, tries)
+        .to_vars()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect();
+    write_file(root, "/etc/u-boot-initial-env", defaults, 0o644)
+}
