@@ -85,3 +85,47 @@ install_slot() {
         "$slot" "$slot" "$slot" "$cmdline" >"$T/entry.conf"
     MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$T/entry.conf" "::/loader/entries/slot-$slot+$tries.conf"
 }
+
+# uboot_set DISK VAR=VALUE...: set the U-Boot boot state in both environment copies on the
+# boot partition of a disk image, with libubootenv's fw_setenv (what a device runs).
+uboot_set() {
+    local disk=$1
+    shift
+    local esp=$disk@@$(part_offset "$disk" esp) f
+    for f in uboot.env uboot-redund.env; do
+        MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "::/$f" "$T/$f"
+        printf '%s 0x0000 0x4000\n' "$T/$f" >"$T/fw_env.config"
+        printf '%s\n' "$@" >"$T/fw_env.script"
+        fw_setenv -c "$T/fw_env.config" -s "$T/fw_env.script" || fail "fw_setenv on $f failed"
+        MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$T/$f" "::/$f"
+    done
+}
+
+# uboot_state DISK [COPY]: the edgeimg variables of an environment copy (default uboot.env),
+# as fw_printenv reads them, comma-separated.
+uboot_state() {
+    local esp=$1@@$(part_offset "$1" esp) f=${2:-uboot.env}
+    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "::/$f" "$T/state-$f"
+    printf '%s 0x0000 0x4000\n' "$T/state-$f" >"$T/fw_env-read.config"
+    fw_printenv -c "$T/fw_env-read.config" | grep -E '^(boot_slot|upgrade_available|bootcount|bootlimit)=' | sort | tr '\n' ','
+}
+
+# install_slot_uboot DISK PAYLOAD_DIR SLOT [ROOTHASH]: put a payload into a slot of a U-Boot
+# disk image the way the updater does (root and verity partitions, kernel, initrd and
+# cmdline.env on the boot partition); a ROOTHASH replaces the payload's (a slot that fails).
+# The caller arms it with uboot_set.
+install_slot_uboot() {
+    local disk=$1 p=$2 slot=$3 badhash=${4:-}
+    local esp=$disk@@$(part_offset "$disk" esp)
+    dd if="$p/root.img" of="$disk" bs=1M seek="$(( $(part_offset "$disk" "root-$slot") / 1048576 ))" conv=notrunc,sparse status=none
+    dd if="$p/root.verity" of="$disk" bs=1M seek="$(( $(part_offset "$disk" "verity-$slot") / 1048576 ))" conv=notrunc,sparse status=none
+    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$p/linux" "::/edgeimg/slot-$slot/linux"
+    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$p/initrd" "::/edgeimg/slot-$slot/initrd"
+    local cmdline
+    cmdline=$(jq -r ".slots.$slot.cmdline" "$p/payload.json")
+    if [ -n "$badhash" ]; then
+        cmdline=$(sed "s/roothash=[0-9a-f]*/roothash=$badhash/" <<<"$cmdline")
+    fi
+    printf 'bootargs=%s\n' "$cmdline" >"$T/cmdline.env"
+    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$T/cmdline.env" "::/edgeimg/slot-$slot/cmdline.env"
+}
