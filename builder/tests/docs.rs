@@ -37,7 +37,7 @@ fn example(doc: &str, heading: &str) -> String {
 }
 
 /// Keys whose values are maps with free-form keys (architectures): documented as one key.
-const MAP_KEYS: &[&str] = &["k3s.sha256", "k3s.airgap_sha256"];
+const MAP_KEYS: &[&str] = &["k3s.sha256", "k3s.airgap_sha256", "boot.write"];
 
 fn key_paths(v: &toml::Value, prefix: &str, out: &mut BTreeSet<String>) {
     if MAP_KEYS.contains(&prefix) {

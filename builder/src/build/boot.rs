@@ -243,6 +243,7 @@ pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError>
         BootBackend::SystemdBoot => systemd_boot_files(out, &staging, input)?,
         BootBackend::UBoot => uboot_files(out, &staging, input)?,
     }
+    board_files(&staging, input)?;
     let file_of = |artifact: &str| {
         input.boot.artifacts.iter().find(|(n, _)| n == artifact).map(|(_, p)| p.clone()).unwrap_or_default()
     };
@@ -278,6 +279,86 @@ pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError>
     mcopy_tree(&img, &staging, input.epoch)?;
     fs::remove_dir_all(&staging)?;
     Ok(img)
+}
+
+/// The board's own boot files: copies from the root tree (firmware, loader, device trees)
+/// and files written as given (e.g. config.txt).
+fn board_files(staging: &Path, input: &EspInput<'_>) -> Result<(), BootError> {
+    for f in &input.board.boot.files {
+        let matches = glob_tree(input.tree, &f.from)?;
+        if matches.is_empty() {
+            return Err(BootError::Missing(format!(
+                "{} (boot.files in {}: is the package that has it in firmware.packages?)",
+                f.from, input.board_file
+            )));
+        }
+        let into_dir = f.to.ends_with('/');
+        if !into_dir && matches.len() > 1 {
+            return Err(BootError::Missing(format!(
+                "{} matches {} files but boot.files.to = {:?} names one (end it with / for a directory)",
+                f.from,
+                matches.len(),
+                f.to
+            )));
+        }
+        for m in matches {
+            let name = m.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let dest = if into_dir { format!("{}{name}", f.to) } else { f.to.clone() };
+            write_file(staging, &dest, fs::read(&m)?, 0o644)?;
+        }
+    }
+    for (path, content) in &input.board.boot.write {
+        write_file(staging, path, content, 0o644)?;
+    }
+    Ok(())
+}
+
+/// Files of the tree under `root` matching an absolute `pattern` whose components may
+/// hold `*` (any run of characters within that component), sorted.
+pub fn glob_tree(root: &Path, pattern: &str) -> std::io::Result<Vec<PathBuf>> {
+    let mut found = vec![root.to_path_buf()];
+    for comp in pattern.trim_start_matches('/').split('/').filter(|c| !c.is_empty()) {
+        let mut next = Vec::new();
+        for dir in found {
+            if !comp.contains('*') {
+                let p = dir.join(comp);
+                if p.symlink_metadata().is_ok() {
+                    next.push(p);
+                }
+                continue;
+            }
+            let Ok(rd) = fs::read_dir(&dir) else { continue };
+            for e in rd.flatten() {
+                if wildcard(comp, &e.file_name().to_string_lossy()) {
+                    next.push(e.path());
+                }
+            }
+        }
+        found = next;
+    }
+    found.retain(|p| p.is_file());
+    found.sort();
+    Ok(found)
+}
+
+/// `*` matches any run of characters; everything else matches itself.
+fn wildcard(pattern: &str, name: &str) -> bool {
+    let parts: Vec<&str> = pattern.split('*').collect();
+    let (first, last) = (parts[0], parts[parts.len() - 1]);
+    if parts.len() == 1 {
+        return pattern == name;
+    }
+    if !name.starts_with(first) || !name[first.len()..].ends_with(last) || name.len() < first.len() + last.len() {
+        return false;
+    }
+    let mut rest = &name[first.len()..name.len() - last.len()];
+    for mid in &parts[1..parts.len() - 1] {
+        match rest.find(mid) {
+            Some(i) => rest = &rest[i + mid.len()..],
+            None => return false,
+        }
+    }
+    true
 }
 
 /// U-Boot: the A/B boot script (source and compiled), both copies of the boot state with
@@ -383,4 +464,50 @@ pub fn mcopy_tree(img: &Path, staging: &Path, epoch: u64) -> Result<(), BootErro
         env(Cmd::new("mcopy").args(["-m", "-o", "-i"]).arg(img)).arg(&src).arg(&dst).run()?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn wildcards() {
+        assert!(wildcard("bcm2711-*.dtb", "bcm2711-rpi-4-b.dtb"));
+        assert!(wildcard("linux-image-*", "linux-image-6.12.117+deb13-arm64"));
+        assert!(wildcard("*", "x"));
+        assert!(wildcard("a*b*c", "aXbYc"));
+        assert!(!wildcard("a*b*c", "aXcYb"));
+        assert!(!wildcard("bcm2711-*.dtb", "bcm2712-rpi-5-b.dtb"));
+        assert!(!wildcard("ab*ba", "aba"), "prefix and suffix may not overlap");
+        assert!(wildcard("start4.elf", "start4.elf") && !wildcard("start4.elf", "start4x.elf"));
+    }
+
+    #[test]
+    fn glob_in_a_tree() {
+        let t = tempfile::tempdir().unwrap();
+        for p in [
+            "usr/lib/linux-image-6.12/broadcom/bcm2711-rpi-4-b.dtb",
+            "usr/lib/linux-image-6.12/broadcom/bcm2711-rpi-400.dtb",
+            "usr/lib/linux-image-6.12/broadcom/bcm2712-rpi-5-b.dtb",
+            "usr/lib/raspi-firmware/start4.elf",
+        ] {
+            let f = t.path().join(p);
+            fs::create_dir_all(f.parent().unwrap()).unwrap();
+            fs::write(f, p).unwrap();
+        }
+        let names = |pat: &str| -> Vec<String> {
+            glob_tree(t.path(), pat)
+                .unwrap()
+                .iter()
+                .map(|p| p.file_name().unwrap().to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            names("/usr/lib/linux-image-*/broadcom/bcm2711-*.dtb"),
+            ["bcm2711-rpi-4-b.dtb", "bcm2711-rpi-400.dtb"]
+        );
+        assert_eq!(names("/usr/lib/raspi-firmware/start4.elf"), ["start4.elf"]);
+        assert!(names("/usr/lib/raspi-firmware/start5.elf").is_empty());
+        assert!(names("/usr/lib/*").is_empty(), "directories are not files");
+    }
 }

@@ -70,7 +70,31 @@ pub struct Boot {
     /// Tries a newly installed slot gets before the loader falls back.
     #[serde(default = "default_tries")]
     pub tries: u32,
+    /// Files the boot partition gets from the root tree: firmware, the board's loader,
+    /// device trees.
+    #[serde(default)]
+    pub files: Vec<BootFileCopy>,
+    /// Files written onto the boot partition as given (e.g. the Raspberry Pi's config.txt):
+    /// path on the boot partition → content.
+    #[serde(default)]
+    pub write: std::collections::BTreeMap<String, String>,
 }
+
+/// A file copied from the root tree to the boot partition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BootFileCopy {
+    /// Absolute path in the root tree. `*` matches within one path component (e.g. the
+    /// kernel version in `/usr/lib/linux-image-*/broadcom/bcm2711-rpi-4-b.dtb`).
+    pub from: String,
+    /// Absolute path on the boot partition; a path ending in `/` is a directory that takes
+    /// every match under its own name.
+    pub to: String,
+}
+
+/// Paths on the boot partition that edgeimg itself writes: boards may not claim them.
+pub const RESERVED_BOOT_PATHS: [&str; 7] =
+    ["/edgeimg", "/loader", "/EFI", "/boot.scr", "/boot.cmd", "/uboot.env", "/uboot-redund.env"];
 
 fn default_tries() -> u32 {
     1
@@ -206,6 +230,29 @@ impl Board {
         }
         if self.boot.tries == 0 || self.boot.tries > 9 {
             return Err(src.error_at("boot.tries", "must be between 1 and 9"));
+        }
+        let boot_path = |key: &str, p: &str| -> Result<(), ConfigError> {
+            if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
+                return Err(src.error_at(key, format!("`{p}`: use an absolute path without `..`")));
+            }
+            if let Some(r) = RESERVED_BOOT_PATHS.iter().find(|r| p == **r || p.starts_with(&format!("{r}/"))) {
+                return Err(src.error_at(key, format!("`{p}`: {r} on the boot partition belongs to edgeimg")));
+            }
+            Ok(())
+        };
+        for (i, f) in self.boot.files.iter().enumerate() {
+            if !f.from.starts_with('/') || f.from.split('/').any(|c| c == "..") {
+                return Err(src.error_at(
+                    &format!("boot.files[{i}].from"),
+                    format!("`{}`: use an absolute path in the root tree, without `..`", f.from),
+                ));
+            }
+            if f.to != "/" {
+                boot_path(&format!("boot.files[{i}].to"), f.to.trim_end_matches('/'))?;
+            }
+        }
+        for path in self.boot.write.keys() {
+            boot_path(&format!("boot.write.\"{path}\""), path)?;
         }
         if let Some(c) = &self.kernel.console {
             if c.contains(char::is_whitespace) || c.starts_with("console=") {

@@ -24,6 +24,8 @@ pub fn is_sha256_hex(s: &str) -> bool {
 pub const BUILTIN_BOARDS: &[(&str, &str)] = &[
     ("qemu-x86_64", include_str!("../../../boards/qemu-x86_64.toml")),
     ("nuc", include_str!("../../../boards/nuc.toml")),
+    ("qemu-arm64", include_str!("../../../boards/qemu-arm64.toml")),
+    ("rpi4", include_str!("../../../boards/rpi4.toml")),
 ];
 
 /// Find a board by name (in `boards_dir`, then the built-in set) or by path.
