@@ -129,6 +129,21 @@ impl BootState {
         ])
     }
 
+    /// One environment copy holding this state (what `env import -c` reads).
+    pub fn to_env(self) -> Result<Vec<u8>, EnvError> {
+        encode(&self.to_vars())
+    }
+
+    /// The state in one environment copy, CRC checked.
+    pub fn from_env(bytes: &[u8]) -> Result<Self, EnvError> {
+        Self::from_vars(&decode(bytes)?)
+    }
+
+    /// `name=value` lines: a `fw_setenv -s` script and libubootenv's default-environment file.
+    pub fn to_text(self) -> String {
+        self.to_vars().iter().map(|(k, v)| format!("{k}={v}\n")).collect()
+    }
+
     pub fn from_vars(vars: &BTreeMap<String, String>) -> Result<Self, EnvError> {
         let get = |k: &str| vars.get(k).map(String::as_str).ok_or_else(|| EnvError::State(format!("no {k}")));
         let num = |k: &str| -> Result<u32, EnvError> {
@@ -184,7 +199,7 @@ pub fn pick(copies: [Option<&[u8]>; 2]) -> Result<(BootState, usize), String> {
             why.push(format!("{name}: missing"));
             continue;
         };
-        match decode(bytes).and_then(|v| BootState::from_vars(&v)) {
+        match BootState::from_env(bytes) {
             Ok(s) => return Ok((s, i)),
             Err(e) => why.push(format!("{name}: {e}")),
         }
@@ -245,10 +260,11 @@ mod tests {
     #[test]
     fn round_trip_and_crc() {
         let s = BootState { boot_slot: Slot::B, upgrade_available: true, bootcount: 1, bootlimit: 1 };
-        let bytes = encode(&s.to_vars()).unwrap();
+        let bytes = s.to_env().unwrap();
         assert_eq!(bytes.len(), ENV_SIZE);
         assert_eq!(&bytes[4..16], b"boot_slot=b\0");
-        assert_eq!(BootState::from_vars(&decode(&bytes).unwrap()).unwrap(), s);
+        assert_eq!(BootState::from_env(&bytes).unwrap(), s);
+        assert_eq!(s.to_text(), "boot_slot=b\nbootcount=1\nbootlimit=1\nupgrade_available=1\n");
         let mut torn = bytes.clone();
         torn[100..].fill(0xff);
         torn[20] ^= 1;
@@ -258,7 +274,7 @@ mod tests {
 
     #[test]
     fn reader_prefers_the_first_valid_copy() {
-        let old = encode(&BootState::committed(Slot::A, 1).to_vars()).unwrap();
+        let old = BootState::committed(Slot::A, 1).to_env().unwrap();
         let new =
             encode(&BootState { boot_slot: Slot::B, upgrade_available: true, bootcount: 0, bootlimit: 1 }.to_vars())
                 .unwrap();

@@ -376,7 +376,8 @@ fn uboot_files(out: &Path, staging: &Path, input: &EspInput<'_>) -> Result<(), B
         .env("SOURCE_DATE_EPOCH", input.epoch.to_string())
         .run()?;
     fs::remove_file(&src)?;
-    let env = uboot::encode(&BootState::committed(Slot::A, input.board.boot.tries).to_vars())
+    let env = BootState::committed(Slot::A, input.board.boot.tries)
+        .to_env()
         .map_err(|e| std::io::Error::other(e.to_string()))?;
     for name in [ENV_FILE, ENV_REDUND_FILE] {
         write_file(staging, &format!("/{name}"), &env, 0o644)?;

@@ -75,8 +75,7 @@ impl UBoot {
     fn write_state(&self, state: BootState) -> Result<(), BootError> {
         std::fs::create_dir_all(&self.scratch).map_err(io(&self.scratch))?;
         let script = self.scratch.join("uboot-state.env");
-        let text: String = state.to_vars().iter().map(|(k, v)| format!("{k}={v}\n")).collect();
-        crate::fsutil::atomic_write(&script, text.as_bytes(), 0o600).map_err(io(&script))?;
+        crate::fsutil::atomic_write(&script, state.to_text().as_bytes(), 0o600).map_err(io(&script))?;
         for config in &self.configs {
             // -f: if this copy is torn, rebuild it from the new state itself.
             let out = std::process::Command::new(&self.fw_setenv)
@@ -247,7 +246,7 @@ impl BootBackend for UBoot {
 pub fn simulate_boot(b: &UBoot) -> Result<Slot, BootError> {
     let (slot, next) = b.state()?.boot();
     if let Some(n) = next {
-        let bytes = uboot::encode(&n.to_vars()).map_err(|e| BootError::State(e.to_string()))?;
+        let bytes = n.to_env().map_err(|e| BootError::State(e.to_string()))?;
         for c in &b.configs {
             let (path, offset, _) = env_location(c)?;
             let mut all = std::fs::read(&path).unwrap_or_default();
@@ -281,7 +280,7 @@ mod tests {
             std::fs::write(&cfg, format!("# test\n{}/{name} 0x0000 0x4000\n", boot.display())).unwrap();
             configs.push(cfg);
         }
-        let env = uboot::encode(&BootState::committed(Slot::A, 1).to_vars()).unwrap();
+        let env = BootState::committed(Slot::A, 1).to_env().unwrap();
         for name in [uboot::ENV_FILE, uboot::ENV_REDUND_FILE] {
             std::fs::create_dir_all(&boot).unwrap();
             std::fs::write(boot.join(name), &env).unwrap();
@@ -327,8 +326,7 @@ mod tests {
         assert_eq!(cmd, "bootargs=ro roothash=abc edgeimg.slot=b\n");
         // Both copies say the same, and fw_printenv (what an operator runs) agrees.
         for c in &b.configs {
-            let v = uboot::decode(&b.read_copy(c).unwrap()).unwrap();
-            assert_eq!(BootState::from_vars(&v).unwrap(), staged);
+            assert_eq!(BootState::from_env(&b.read_copy(c).unwrap()).unwrap(), staged);
         }
         assert_eq!(boot_into(&mut b, t.path()), Slot::B);
         assert!(b.is_trial().unwrap());
@@ -363,8 +361,7 @@ mod tests {
         assert_eq!(b.state().unwrap(), BootState::committed(Slot::A, 1), "read from the redundant copy");
         // The next write rebuilds the torn copy.
         b.stage(Slot::B, &files(t.path(), Slot::B), 2).unwrap();
-        let v = uboot::decode(&std::fs::read(&first).unwrap()).unwrap();
-        assert_eq!(BootState::from_vars(&v).unwrap().boot_slot, Slot::B);
+        assert_eq!(BootState::from_env(&std::fs::read(&first).unwrap()).unwrap().boot_slot, Slot::B);
         // Torn second copy after a complete first one: the new state stands.
         let second = b.boot_dir.join(uboot::ENV_REDUND_FILE);
         std::fs::write(&second, vec![0u8; 100]).unwrap();

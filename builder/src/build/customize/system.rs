@@ -391,8 +391,9 @@ pub fn default_enabled(root: &Path, ssh: bool) -> Vec<&'static str> {
 
 /// U-Boot boards: where `fw_printenv`/`fw_setenv` find the two copies of the boot state on
 /// the boot partition (mounted at /efi), and the state they fall back to when a copy fails
-/// its CRC (`/etc/u-boot-initial-env`, libubootenv's default). `/etc/fw_env.config` names the first copy, so a plain `fw_printenv` shows what
-/// U-Boot reads; the updater writes both (edgeimg_proto::uboot).
+/// its CRC (`/etc/u-boot-initial-env`, libubootenv's default). `/etc/fw_env.config` names
+/// the first copy, so a plain `fw_printenv` shows what U-Boot reads; the updater writes
+/// both (edgeimg_proto::uboot).
 pub fn uboot_env(root: &Path, tries: u32) -> io::Result<()> {
     use edgeimg_proto::uboot::{BootState, ENV_FILE, ENV_REDUND_FILE, ENV_SIZE};
     let config = |file: &str, note: &str| {
@@ -407,10 +408,5 @@ pub fn uboot_env(root: &Path, tries: u32) -> io::Result<()> {
         config(ENV_REDUND_FILE, "the second copy of the boot state (read when the first fails its CRC)."),
         0o644,
     )?;
-    let defaults: String = BootState::committed(edgeimg_proto::Slot::A, tries)
-        .to_vars()
-        .iter()
-        .map(|(k, v)| format!("{k}={v}\n"))
-        .collect();
-    write_file(root, "/etc/u-boot-initial-env", defaults, 0o644)
+    write_file(root, "/etc/u-boot-initial-env", BootState::committed(edgeimg_proto::Slot::A, tries).to_text(), 0o644)
 }
