@@ -305,11 +305,26 @@ impl Ctx<'_> {
         let spec = rootfs::spec(board, self.recipe, release_sha256, epoch);
         let t =
             rep.start("rootfs", format!("Debian {} {} with {} packages", spec.suite, spec.arch, spec.packages.len()));
-        let (base, cached) = rootfs::ensure(&self.opts.cache, &spec, self.opts.no_cache, rep)?;
-        timings.insert("rootfs", rep.finish("rootfs", t, if cached { "cached" } else { "built" }));
+        let base_tree = rootfs::ensure(&self.opts.cache, &spec, self.opts.no_cache, rep)?;
+        let base_cached = base_tree.cached;
+        timings.insert("rootfs", rep.finish("rootfs", t, if base_cached { "cached" } else { "built" }));
+
+        let layer = rootfs::board_layer_spec(board, &spec);
+        let t = rep.start(
+            "board-layer",
+            match layer.packages.len() {
+                0 => format!("{}: the initrd", board.name),
+                n => format!("{}: {n} firmware packages and the initrd", board.name),
+            },
+        );
+        let layer_tree =
+            rootfs::ensure_board_layer(&self.opts.cache, &base_tree.path, &spec, &layer, self.opts.no_cache, rep)?;
+        drop(base_tree);
+        let (base, cached) = (layer_tree.path.clone(), layer_tree.cached);
+        timings.insert("board-layer", rep.finish("board-layer", t, if cached { "cached" } else { "built" }));
 
         let inputs = report::inputs(self.board_src, self.recipe).map_err(io_ctx("hashing the build inputs"))?;
-        let build_id = report::build_id(&spec.key(), self.version, epoch, &inputs);
+        let build_id = report::build_id(&layer.key(), self.version, epoch, &inputs);
 
         let work = self.staging.join("work");
         let tree = work.join("rootfs");
@@ -472,7 +487,9 @@ impl Ctx<'_> {
             epoch,
             inputs,
             spec: &spec,
-            rootfs_cached: cached,
+            layer: &layer,
+            rootfs_cached: base_cached,
+            layer_cached: cached,
             table: &table,
             root: &root,
             kernel_version: &kernel.version,

@@ -9,7 +9,7 @@ use edgeimg_proto::{Payload, Slot};
 use serde::Serialize;
 
 use super::customize::Summary;
-use super::rootfs::RootfsSpec;
+use super::rootfs::{BoardLayerSpec, RootfsSpec};
 use super::rootimg::RootImage;
 use crate::config::{Board, LoadedRecipe, Recipe, Source};
 use crate::fsutil::{sha256_bytes, sha256_file};
@@ -132,7 +132,9 @@ pub struct ReportInput<'a> {
     pub epoch: u64,
     pub inputs: Vec<InputFile>,
     pub spec: &'a RootfsSpec,
+    pub layer: &'a BoardLayerSpec,
     pub rootfs_cached: bool,
+    pub layer_cached: bool,
     pub table: &'a Table,
     pub root: &'a RootImage,
     pub kernel_version: &'a str,
@@ -214,11 +216,14 @@ impl Report {
             debian: serde_json::json!({
                 "suite": i.spec.suite,
                 "mirror": i.spec.mirror,
-                "components": i.spec.components,
+                "components": i.layer.components,
                 "release_sha256": i.spec.release_sha256,
                 "rootfs_key": i.spec.key(),
                 "rootfs_cached": i.rootfs_cached,
+                "board_layer_key": i.layer.key(),
+                "board_layer_cached": i.layer_cached,
                 "requested_packages": i.spec.packages,
+                "board_packages": i.layer.packages,
             }),
             tools: tool_versions(),
             kernel_version: i.kernel_version.into(),

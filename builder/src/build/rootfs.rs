@@ -1,6 +1,15 @@
-//! The Debian base tree: mmdebstrap, cached by the hash of everything that goes into it,
-//! including the state of the mirror (its InRelease file), so that "same key" really means
-//! "same packages".
+//! The Debian trees an image starts from, in two cached layers, each keyed by the hash of
+//! everything that goes into it, including the state of the mirror (its InRelease file), so
+//! that "same key" really means "same packages":
+//!
+//! 1. the **base tree** (mmdebstrap): the recipe's packages, edgeimg's, the kernel. It does
+//!    not depend on the board beyond its architecture, kernel package and boot backend, so
+//!    every board of an architecture that builds the same recipe shares it. For arm64 it is
+//!    the slow step (minutes under QEMU user emulation).
+//! 2. the **board layer**: a copy of the base tree with the board's firmware packages
+//!    installed (mmdebstrap's `custom` variant on the existing tree) and the initrd made
+//!    with the board's dracut configuration (its storage drivers). dracut is diverted in the
+//!    base tree, so it runs exactly once, here.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -16,9 +25,13 @@ use crate::progress::{Reporter, ReporterExt};
 use crate::tools::{Cmd, ToolError};
 
 /// Bump when the hooks or the package set edgeimg adds change the resulting tree.
-const ROOTFS_FORMAT: u32 = 5;
-/// How many base trees to keep in the cache.
+const ROOTFS_FORMAT: u32 = 6;
+/// How many trees of each kind to keep in the cache.
 const KEEP: usize = 3;
+/// The base tree's /etc/resolv.conf while mmdebstrap works on the board layer.
+const RESOLV_ASIDE: &str = "resolv.conf.edgeimg-base";
+/// Where the edgeimg dracut module goes in the tree.
+const DRACUT_MODDIR: &str = "/usr/lib/dracut/modules.d/90edgeimg";
 
 #[derive(Debug, thiserror::Error)]
 pub enum RootfsError {
@@ -26,6 +39,8 @@ pub enum RootfsError {
     Mirror { mirror: String, suite: String, source: NetError },
     #[error("mmdebstrap failed; the tree was not cached. {0}")]
     Mmdebstrap(ToolError),
+    #[error("the board layer failed; nothing was cached. {source}. {hint}")]
+    BoardLayer { hint: String, source: Box<ToolError> },
     #[error("rootfs cache {path}: {source}")]
     Cache { path: PathBuf, source: std::io::Error },
 }
@@ -40,7 +55,6 @@ pub struct RootfsSpec {
     pub components: Vec<String>,
     pub packages: Vec<String>,
     pub keyring: PathBuf,
-    pub dracut_conf: String,
     /// The edgeimg dracut module: (file name, content).
     pub dracut_module: Vec<(String, String)>,
     /// sha256 of the suite's InRelease file when the key was computed.
@@ -50,8 +64,30 @@ pub struct RootfsSpec {
 
 impl RootfsSpec {
     pub fn key(&self) -> String {
-        sha256_bytes(&serde_json::to_vec(self).unwrap_or_default())[..32].to_string()
+        key_of(self)
     }
+}
+
+/// Everything a board adds to a base tree.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct BoardLayerSpec {
+    pub format: u32,
+    pub base_key: String,
+    /// The board's firmware packages (installed with their dependencies).
+    pub packages: Vec<String>,
+    /// The base tree's components and the board's.
+    pub components: Vec<String>,
+    pub dracut_conf: String,
+}
+
+impl BoardLayerSpec {
+    pub fn key(&self) -> String {
+        key_of(self)
+    }
+}
+
+fn key_of(spec: &impl Serialize) -> String {
+    sha256_bytes(&serde_json::to_vec(spec).unwrap_or_default())[..32].to_string()
 }
 
 /// What edgeimg itself needs in every image, on top of the board's and the recipe's.
@@ -156,7 +192,6 @@ pub fn spec(board: &Board, recipe: &LoadedRecipe, release_sha256: String, epoch:
     let d = &recipe.recipe.debian;
     let mut packages: BTreeSet<String> = base_packages(board).into_iter().map(String::from).collect();
     packages.extend(board.kernel_packages());
-    packages.extend(board.firmware.packages.iter().cloned());
     packages.extend(d.packages.iter().cloned());
     if recipe.recipe.image.timezone != "Etc/UTC" {
         packages.insert("tzdata".into());
@@ -164,77 +199,45 @@ pub fn spec(board: &Board, recipe: &LoadedRecipe, release_sha256: String, epoch:
     if recipe.recipe.updater.tpm {
         packages.extend(tpm_packages(&d.suite).iter().map(|p| p.to_string()));
     }
-    let mut components: Vec<String> = d.components.clone();
-    for c in &board.firmware.components {
-        if !components.contains(c) {
-            components.push(c.clone());
-        }
-    }
     RootfsSpec {
         format: ROOTFS_FORMAT,
         arch: board.arch.debian().into(),
         suite: d.suite.clone(),
         mirror: d.mirror.trim_end_matches('/').into(),
-        components,
+        components: d.components.clone(),
         packages: packages.into_iter().collect(),
         keyring: d.keyring.clone(),
-        dracut_conf: dracut_conf(board),
         dracut_module: dracut_module(),
         release_sha256,
         epoch,
     }
 }
 
-/// Return the cached tree for `spec`, building it first if needed.
-pub fn ensure(
-    cache: &Path,
-    spec: &RootfsSpec,
-    no_cache: bool,
-    rep: &dyn Reporter,
-) -> Result<(PathBuf, bool), RootfsError> {
-    let dir = cache.join("rootfs");
-    let key = spec.key();
-    let tree = dir.join(&key);
-    let meta = dir.join(format!("{key}.json"));
-    let cerr = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RootfsError::Cache { path, source }
-    };
-    if !no_cache && tree.is_dir() && meta.is_file() {
-        // Touch for least-recently-used pruning.
-        let _ = fs::File::options().append(true).open(&meta).and_then(|f| f.set_modified(SystemTime::now()));
-        return Ok((tree, true));
+/// What `board` adds to the base tree `base`.
+pub fn board_layer_spec(board: &Board, base: &RootfsSpec) -> BoardLayerSpec {
+    let mut components = base.components.clone();
+    for c in &board.firmware.components {
+        if !components.contains(c) {
+            components.push(c.clone());
+        }
     }
-    fs::create_dir_all(&dir).map_err(cerr(&dir))?;
-    let tmp = dir.join(format!(".tmp-{key}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&tmp);
-    let hookdir = tempfile::tempdir_in(&dir).map_err(cerr(&dir))?;
-    let conf = hookdir.path().join("90-edgeimg.conf");
-    fs::write(&conf, &spec.dracut_conf).map_err(cerr(&conf))?;
-    const MODDIR: &str = "/usr/lib/dracut/modules.d/90edgeimg";
-    let mut module_hooks = vec![format!("--setup-hook=mkdir -p \"$1{MODDIR}\"")];
-    for (name, text) in &spec.dracut_module {
-        let p = hookdir.path().join(name);
-        fs::write(&p, text).map_err(cerr(&p))?;
-        module_hooks.push(format!("--setup-hook=upload {} {MODDIR}/{name}", p.display()));
+    let packages: BTreeSet<String> = board.firmware.packages.iter().cloned().collect();
+    BoardLayerSpec {
+        format: ROOTFS_FORMAT,
+        base_key: base.key(),
+        packages: packages.into_iter().collect(),
+        components,
+        dracut_conf: dracut_conf(board),
     }
-    module_hooks.push(format!("--setup-hook=chmod 755 \"$1{MODDIR}\"/*.sh"));
-    // Package scripts ask dracut for an initrd more than once (the kernel's postinst, then
-    // triggers of later packages); under emulation each run takes minutes. Divert dracut
-    // while packages install and make the initrd once, at the end.
-    let quiet_dracut = "--essential-hook=chroot \"$1\" dpkg-divert --quiet --local --rename --add /usr/bin/dracut \
-         && printf '#!/bin/sh\\n# edgeimg: the initrd is made once, after all packages\\nexit 0\\n' >\"$1/usr/bin/dracut\" \
-         && chmod 755 \"$1/usr/bin/dracut\"";
-    let one_dracut = "--customize-hook=rm -f \"$1/usr/bin/dracut\" \
-         && chroot \"$1\" dpkg-divert --quiet --local --rename --remove /usr/bin/dracut \
-         && for k in \"$1\"/usr/lib/modules/*; do v=${k##*/}; chroot \"$1\" dracut -q --force /boot/initrd.img-$v $v || exit 1; done";
+}
 
-    let cmd = Cmd::new("mmdebstrap")
-        .arg("--variant=minbase")
+/// The options both mmdebstrap runs share: keyring, retries, no documentation.
+fn mmdebstrap(spec: &RootfsSpec, variant: &str, components: &[String]) -> Cmd {
+    Cmd::new("mmdebstrap")
+        .arg(format!("--variant={variant}"))
         .arg("--mode=root")
         .arg(format!("--arch={}", spec.arch))
-        .arg(format!("--components={}", spec.components.join(",")))
-        .arg(format!("--include={}", spec.packages.join(",")))
+        .arg(format!("--components={}", components.join(",")))
         .arg(format!("--keyring={}", spec.keyring.display()))
         .arg("--aptopt=Acquire::Retries \"3\"")
         // Documentation is not needed on a device; copyright files are kept for licensing.
@@ -242,25 +245,158 @@ pub fn ensure(
         .arg("--dpkgopt=path-include=/usr/share/doc/*/copyright")
         .arg("--dpkgopt=path-exclude=/usr/share/man/*")
         .arg("--dpkgopt=path-exclude=/usr/share/info/*")
-        .arg("--setup-hook=mkdir -p \"$1/etc/dracut.conf.d\"")
-        .arg(format!("--setup-hook=upload {} /etc/dracut.conf.d/90-edgeimg.conf", conf.display()))
-        .args(&module_hooks)
-        .arg(quiet_dracut)
-        .arg(one_dracut)
-        .arg(&spec.suite)
-        .arg(&tmp)
-        .arg(&spec.mirror)
-        .env("SOURCE_DATE_EPOCH", spec.epoch.to_string());
-    let result = cmd.run_streaming(|line| rep.output("rootfs", line));
-    if let Err(e) = result {
+        .env("SOURCE_DATE_EPOCH", spec.epoch.to_string())
+}
+
+/// A tree in the cache, locked against other builds while this one uses it.
+pub struct Tree {
+    pub path: PathBuf,
+    /// Found in the cache (not built now).
+    pub cached: bool,
+    _lock: nix::fcntl::Flock<fs::File>,
+}
+
+/// Return the cached base tree for `spec`, building it first if needed.
+pub fn ensure(cache: &Path, spec: &RootfsSpec, no_cache: bool, rep: &dyn Reporter) -> Result<Tree, RootfsError> {
+    cached(&cache.join("rootfs"), &spec.key(), spec, no_cache, |tmp, hookdir| {
+        let mut module_hooks = vec![format!("--setup-hook=mkdir -p \"$1{DRACUT_MODDIR}\"")];
+        for (name, text) in &spec.dracut_module {
+            let p = hookdir.join(name);
+            fs::write(&p, text).map_err(|source| RootfsError::Cache { path: p.clone(), source })?;
+            module_hooks.push(format!("--setup-hook=upload {} {DRACUT_MODDIR}/{name}", p.display()));
+        }
+        module_hooks.push(format!("--setup-hook=chmod 755 \"$1{DRACUT_MODDIR}\"/*.sh"));
+        // Package scripts ask dracut for an initrd more than once (the kernel's postinst, then
+        // triggers of later packages); under emulation each run takes minutes. dracut stays
+        // diverted in the base tree; the board layer makes the initrd once.
+        let quiet_dracut = "--essential-hook=chroot \"$1\" dpkg-divert --quiet --local --rename --add /usr/bin/dracut \
+             && printf '#!/bin/sh\\n# edgeimg: the initrd is made once, in the board layer\\nexit 0\\n' >\"$1/usr/bin/dracut\" \
+             && chmod 755 \"$1/usr/bin/dracut\"";
+        mmdebstrap(spec, "minbase", &spec.components)
+            .arg(format!("--include={}", spec.packages.join(",")))
+            .args(&module_hooks)
+            .arg(quiet_dracut)
+            .arg(&spec.suite)
+            .arg(tmp)
+            .arg(&spec.mirror)
+            .run_streaming(|line| rep.output("rootfs", line))
+            .map_err(RootfsError::Mmdebstrap)
+    })
+}
+
+/// Return the cached board layer `layer` over the base tree `base_tree` (built from
+/// `base`), building it first if needed.
+pub fn ensure_board_layer(
+    cache: &Path,
+    base_tree: &Path,
+    base: &RootfsSpec,
+    layer: &BoardLayerSpec,
+    no_cache: bool,
+    rep: &dyn Reporter,
+) -> Result<Tree, RootfsError> {
+    cached(&cache.join("board-layer"), &layer.key(), layer, no_cache, |tmp, hookdir| {
+        crate::fsutil::copy_tree(base_tree, tmp).map_err(|e| RootfsError::Cache {
+            path: tmp.to_path_buf(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let conf = hookdir.join("90-edgeimg.conf");
+        fs::write(&conf, &layer.dracut_conf).map_err(|source| RootfsError::Cache { path: conf.clone(), source })?;
+        // mmdebstrap makes /dev's nodes itself and refuses to find them there.
+        let dev = tmp.join("dev");
+        for e in fs::read_dir(&dev).map_err(|source| RootfsError::Cache { path: dev.clone(), source })?.flatten() {
+            let p = e.path();
+            let r = if e.file_type().is_ok_and(|t| t.is_dir()) { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
+            r.map_err(|source| RootfsError::Cache { path: p, source })?;
+        }
+        // mmdebstrap keeps apt sources it finds: let it write the layer's (more components).
+        let sources = tmp.join("etc/apt/sources.list");
+        if sources.exists() {
+            fs::remove_file(&sources).map_err(|source| RootfsError::Cache { path: sources, source })?;
+        }
+        // mmdebstrap copies the host's resolv.conf in for apt; the tree's own (systemd-resolved's
+        // symlink to /run) would make that copy fail. Set it aside and put it back at the end.
+        let resolv = tmp.join("etc/resolv.conf");
+        if fs::symlink_metadata(&resolv).is_ok() {
+            let aside = tmp.join(format!("etc/{RESOLV_ASIDE}"));
+            fs::rename(&resolv, &aside).map_err(|source| RootfsError::Cache { path: aside, source })?;
+        }
+        let restore_resolv = format!(
+            "--customize-hook=if [ -L \"$1/etc/{RESOLV_ASIDE}\" ] || [ -e \"$1/etc/{RESOLV_ASIDE}\" ]; then \
+             rm -f \"$1/etc/resolv.conf\" && mv \"$1/etc/{RESOLV_ASIDE}\" \"$1/etc/resolv.conf\"; fi"
+        );
+        let one_dracut = "--customize-hook=rm -f \"$1/usr/bin/dracut\" \
+             && chroot \"$1\" dpkg-divert --quiet --local --rename --remove /usr/bin/dracut \
+             && for k in \"$1\"/usr/lib/modules/*; do v=${k##*/}; chroot \"$1\" dracut -q --force /boot/initrd.img-$v $v || exit 1; done";
+        // mmdebstrap's `custom` variant on the existing tree: apt resolves the firmware
+        // packages against what the tree has installed and dpkg installs them inside it
+        // (with their maintainer scripts, under emulation for a foreign architecture).
+        let mut cmd = mmdebstrap(base, "custom", &layer.components).arg("--skip=check/empty");
+        if layer.packages.is_empty() {
+            cmd = cmd.arg("--skip=update").arg("--skip=download");
+        } else {
+            cmd = cmd.arg(format!("--include={}", layer.packages.join(",")));
+        }
+        cmd.arg("--setup-hook=mkdir -p \"$1/etc/dracut.conf.d\"")
+            .arg(format!("--setup-hook=upload {} /etc/dracut.conf.d/90-edgeimg.conf", conf.display()))
+            .arg(restore_resolv)
+            .arg(one_dracut)
+            .arg(&base.suite)
+            .arg(tmp)
+            .arg(&base.mirror)
+            .run_streaming(|line| rep.output("board-layer", line))
+            .map_err(|source| RootfsError::BoardLayer {
+                hint: format!(
+                    "A firmware package name wrong? {:?} must exist in {} for {} in the components {:?}",
+                    layer.packages, base.suite, base.arch, layer.components
+                ),
+                source: Box::new(source),
+            })
+    })
+}
+
+/// The cache protocol both layers share: a hit is a tree with its spec file beside it;
+/// a miss builds into a temporary directory (given with a scratch directory for hook
+/// files) that is renamed into place only when complete, so an interrupted or failed
+/// build never leaves a tree that looks finished. Builds that share the cache (a CI runner
+/// building several boards at once) lock a key while they build or use its tree: the
+/// second waits for the first and then uses its tree, and no build replaces or prunes a
+/// tree another is copying from.
+fn cached(
+    dir: &Path,
+    key: &str,
+    spec: &impl Serialize,
+    no_cache: bool,
+    build: impl FnOnce(&Path, &Path) -> Result<(), RootfsError>,
+) -> Result<Tree, RootfsError> {
+    let tree = dir.join(key);
+    let meta = dir.join(format!("{key}.json"));
+    let cerr = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RootfsError::Cache { path, source }
+    };
+    fs::create_dir_all(dir).map_err(cerr(dir))?;
+    let lock_path = dir.join(format!("{key}.lock"));
+    let lock_file =
+        fs::File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(cerr(&lock_path))?;
+    let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| RootfsError::Cache { path: lock_path.clone(), source: e.into() })?;
+    if !no_cache && tree.is_dir() && meta.is_file() {
+        // Touch for least-recently-used pruning.
+        let _ = fs::File::options().append(true).open(&meta).and_then(|f| f.set_modified(SystemTime::now()));
+        return Ok(Tree { path: tree, cached: true, _lock: lock });
+    }
+    let tmp = dir.join(format!(".tmp-{key}-{}", std::process::id()));
+    let _ = fs::remove_dir_all(&tmp);
+    let hookdir = tempfile::tempdir_in(dir).map_err(cerr(dir))?;
+    if let Err(e) = build(&tmp, hookdir.path()) {
         let _ = fs::remove_dir_all(&tmp);
-        return Err(RootfsError::Mmdebstrap(e));
+        return Err(e);
     }
     let _ = fs::remove_dir_all(&tree);
     fs::rename(&tmp, &tree).map_err(cerr(&tree))?;
     fs::write(&meta, serde_json::to_vec_pretty(spec).unwrap_or_default()).map_err(cerr(&meta))?;
-    prune(&dir, &key);
-    Ok((tree, false))
+    prune(dir, key);
+    Ok(Tree { path: tree, cached: false, _lock: lock })
 }
 
 /// Keep the `KEEP` most recently used trees.
@@ -277,6 +413,13 @@ fn prune(dir: &Path, keep_key: &str) {
     entries.sort_by_key(|e| std::cmp::Reverse(e.0));
     for (_, key) in entries.into_iter().skip(KEEP) {
         if key != keep_key {
+            // Skip a tree another build holds the lock of.
+            let Ok(f) =
+                fs::File::options().create(true).truncate(false).write(true).open(dir.join(format!("{key}.lock")))
+            else {
+                continue;
+            };
+            let Ok(_lock) = nix::fcntl::Flock::lock(f, nix::fcntl::FlockArg::LockExclusiveNonblock) else { continue };
             let _ = fs::remove_dir_all(dir.join(&key));
             let _ = fs::remove_file(dir.join(format!("{key}.json")));
         }
@@ -286,6 +429,35 @@ fn prune(dir: &Path, keep_key: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn board(name: &str) -> Board {
+        let (_, text) = crate::config::BUILTIN_BOARDS.iter().find(|(n, _)| *n == name).unwrap();
+        Board::load(&crate::config::Source::from_text(name, *text)).unwrap()
+    }
+
+    #[test]
+    fn boards_of_one_architecture_share_the_base_tree_not_the_layer() {
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let recipe = crate::config::load_recipe(Path::new(&format!("{dir}/../recipes/k3s-edge.toml"))).unwrap();
+        let (virt, pi, x86) = (board("qemu-arm64"), board("rpi4"), board("qemu-x86_64"));
+        let base = spec(&virt, &recipe, "r".into(), 1);
+        assert_eq!(base, spec(&pi, &recipe, "r".into(), 1), "qemu-arm64 and rpi4 differ in their base tree");
+        assert_ne!(base.key(), spec(&x86, &recipe, "r".into(), 1).key());
+        // The board's firmware is in its layer only, and so are its initrd drivers.
+        assert!(!base.packages.iter().any(|p| p == "raspi-firmware"));
+        let (lv, lp) = (board_layer_spec(&virt, &base), board_layer_spec(&pi, &base));
+        assert!(lv.packages.is_empty());
+        assert!(lp.packages.contains(&"raspi-firmware".to_string()));
+        assert!(
+            lp.components.contains(&"non-free-firmware".to_string()) && lp.components.contains(&"main".to_string())
+        );
+        assert!(lp.dracut_conf.contains("sdhci_iproc") && !lv.dracut_conf.contains("sdhci_iproc"));
+        assert_ne!(lv.key(), lp.key());
+        assert_eq!(lv.base_key, base.key());
+        // A new mirror state is a new base tree, and so a new layer.
+        let newer = spec(&virt, &recipe, "s".into(), 1);
+        assert_ne!(board_layer_spec(&virt, &newer).key(), lv.key());
+    }
 
     #[test]
     fn release_dates_parse() {
