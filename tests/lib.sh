@@ -65,12 +65,12 @@ part_offset() {
     echo $(( $(sgdisk -i "$n" "$1" | awk '/First sector/ {print $3}') * 512 ))
 }
 
-# install_slot DISK PAYLOAD_DIR SLOT TRIES [ROOTHASH]: put a payload into a slot of a disk
-# image the way the updater does (root and verity partitions, kernel and initrd on the
-# ESP, a boot entry with TRIES tries and a higher version), with independent tools. A
-# ROOTHASH argument replaces the payload's in the command line (to make a slot that fails).
-install_slot() {
-    local disk=$1 p=$2 slot=$3 tries=$4 badhash=${5:-}
+# write_slot DISK PAYLOAD_DIR SLOT [ROOTHASH]: put a payload into a slot of a disk image the
+# way the updater does (root and verity partitions, kernel and initrd on the boot
+# partition), with independent tools, and print the slot's command line. A ROOTHASH
+# replaces the payload's in it (to make a slot that fails). The caller arms the slot.
+write_slot() {
+    local disk=$1 p=$2 slot=$3 badhash=${4:-}
     local esp=$disk@@$(part_offset "$disk" esp)
     dd if="$p/root.img" of="$disk" bs=1M seek="$(( $(part_offset "$disk" "root-$slot") / 1048576 ))" conv=notrunc,sparse status=none
     dd if="$p/root.verity" of="$disk" bs=1M seek="$(( $(part_offset "$disk" "verity-$slot") / 1048576 ))" conv=notrunc,sparse status=none
@@ -81,9 +81,17 @@ install_slot() {
     if [ -n "$badhash" ]; then
         cmdline=$(sed "s/roothash=[0-9a-f]*/roothash=$badhash/" <<<"$cmdline")
     fi
+    echo "$cmdline"
+}
+
+# install_slot DISK PAYLOAD_DIR SLOT TRIES [ROOTHASH]: write_slot, armed with a
+# systemd-boot entry with TRIES tries and a higher version.
+install_slot() {
+    local disk=$1 slot=$3 tries=$4 cmdline
+    cmdline=$(write_slot "$disk" "$2" "$slot" "${5:-}")
     printf 'title      test slot %s\nsort-key   edgeimg\nversion    2\nlinux      /edgeimg/slot-%s/linux\ninitrd     /edgeimg/slot-%s/initrd\noptions    %s\n' \
         "$slot" "$slot" "$slot" "$cmdline" >"$T/entry.conf"
-    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$T/entry.conf" "::/loader/entries/slot-$slot+$tries.conf"
+    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$disk@@$(part_offset "$disk" esp)" "$T/entry.conf" "::/loader/entries/slot-$slot+$tries.conf"
 }
 
 # uboot_set DISK VAR=VALUE...: set the U-Boot boot state in both environment copies on the
@@ -110,22 +118,32 @@ uboot_state() {
     fw_printenv -c "$T/fw_env-read.config" | grep -E '^(boot_slot|upgrade_available|bootcount|bootlimit)=' | sort | tr '\n' ','
 }
 
-# install_slot_uboot DISK PAYLOAD_DIR SLOT [ROOTHASH]: put a payload into a slot of a U-Boot
-# disk image the way the updater does (root and verity partitions, kernel, initrd and
-# cmdline.env on the boot partition); a ROOTHASH replaces the payload's (a slot that fails).
-# The caller arms it with uboot_set.
+# expect_uboot_state DISK STATE: both environment copies on the disk's boot partition hold
+# STATE (as uboot_state prints it).
+expect_uboot_state() {
+    local f got
+    for f in uboot.env uboot-redund.env; do
+        got=$(uboot_state "$1" $f)
+        [ "$got" = "$2" ] || fail "$f holds $got, want $2"
+    done
+    ok "fw_printenv: both copies of the boot state hold $2"
+}
+
+# install_slot_uboot DISK PAYLOAD_DIR SLOT [ROOTHASH]: write_slot, with the slot's command
+# line in its cmdline.env on the boot partition. The caller arms it with uboot_set.
 install_slot_uboot() {
-    local disk=$1 p=$2 slot=$3 badhash=${4:-}
-    local esp=$disk@@$(part_offset "$disk" esp)
-    dd if="$p/root.img" of="$disk" bs=1M seek="$(( $(part_offset "$disk" "root-$slot") / 1048576 ))" conv=notrunc,sparse status=none
-    dd if="$p/root.verity" of="$disk" bs=1M seek="$(( $(part_offset "$disk" "verity-$slot") / 1048576 ))" conv=notrunc,sparse status=none
-    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$p/linux" "::/edgeimg/slot-$slot/linux"
-    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$p/initrd" "::/edgeimg/slot-$slot/initrd"
-    local cmdline
-    cmdline=$(jq -r ".slots.$slot.cmdline" "$p/payload.json")
-    if [ -n "$badhash" ]; then
-        cmdline=$(sed "s/roothash=[0-9a-f]*/roothash=$badhash/" <<<"$cmdline")
-    fi
+    local disk=$1 slot=$3 cmdline
+    cmdline=$(write_slot "$disk" "$2" "$slot" "${4:-}")
     printf 'bootargs=%s\n' "$cmdline" >"$T/cmdline.env"
-    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" "$T/cmdline.env" "::/edgeimg/slot-$slot/cmdline.env"
+    MTOOLS_SKIP_CHECK=1 mcopy -o -i "$disk@@$(part_offset "$disk" esp)" "$T/cmdline.env" "::/edgeimg/slot-$slot/cmdline.env"
+}
+
+# check_aarch64_binaries ROOT: the updater, bash, systemd and fw_setenv in an extracted root
+# tree are aarch64 binaries (file(1)).
+check_aarch64_binaries() {
+    local f
+    for f in usr/bin/edgeimg-updater usr/bin/bash usr/lib/systemd/systemd usr/bin/fw_setenv; do
+        file -bL "$1/$f" | grep -q "ARM aarch64" || fail "$f is not an aarch64 binary: $(file -bL "$1/$f")"
+    done
+    ok "file: the updater, bash, systemd and fw_setenv are aarch64 binaries"
 }

@@ -38,10 +38,7 @@ roothash=$(jq -r .roothash "$B/payload/payload.json")
 veritysetup verify "$B/payload/root.img" "$B/payload/root.verity" "$roothash" || fail "veritysetup verify rejects the payload"
 ok "veritysetup verify accepts root.img with root hash ${roothash:0:16}…"
 fsck.erofs --extract="$T/rootfs" "$B/payload/root.img" >/dev/null 2>&1 || fail "fsck.erofs cannot extract the root image"
-for f in usr/bin/edgeimg-updater usr/bin/bash usr/lib/systemd/systemd usr/bin/fw_setenv; do
-    file -bL "$T/rootfs/$f" | grep -q "ARM aarch64" || fail "$f is not an aarch64 binary: $(file -bL "$T/rootfs/$f")"
-done
-ok "file: updater, bash, systemd and fw_setenv in the root image are aarch64 binaries"
+check_aarch64_binaries "$T/rootfs"
 grep -q "^/efi/uboot.env *0x0000 *0x4000" "$T/rootfs/etc/fw_env.config" || fail "fw_env.config: $(cat "$T/rootfs/etc/fw_env.config")"
 grep -q "^/efi/uboot-redund.env" "$T/rootfs/usr/lib/edgeimg/fw_env.redund.config" || fail "no second fw_env config"
 grep -q '^backend = "u-boot"' "$T/rootfs/usr/lib/edgeimg/updater.toml" || fail "the updater is not set up for U-Boot"
@@ -55,11 +52,7 @@ MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" ::/edgeimg/slot-a/linux "$T/linux"
 file -b "$T/linux" | grep -q "Linux kernel ARM64 boot executable Image" || fail "slot A's kernel: $(file -b "$T/linux")"
 rm -f "$T/linux"
 ok "boot partition: boot.scr is a U-Boot script (mkimage -l), slot A's kernel an ARM64 Image"
-for f in uboot.env uboot-redund.env; do
-    got=$(uboot_state "$B/disk.img" $f)
-    [ "$got" = "boot_slot=a,bootcount=0,bootlimit=1,upgrade_available=0," ] || fail "$f: $got"
-done
-ok "fw_printenv reads both copies: slot A committed"
+expect_uboot_state "$B/disk.img" "boot_slot=a,bootcount=0,bootlimit=1,upgrade_available=0,"
 MTOOLS_SKIP_CHECK=1 mcopy -o -i "$esp" ::/edgeimg/slot-a/cmdline.env "$T/cmdline.env"
 grep -q "^bootargs=.* roothash=$roothash .*edgeimg.slot=a" "$T/cmdline.env" || fail "slot A's cmdline.env: $(cat "$T/cmdline.env")"
 ok "slot A's command line carries its root hash"
@@ -76,11 +69,20 @@ boot() { # boot NAME [qemu-boot options]: power on until the self-test powers of
     ok "$name: booted to multi-user and powered off in $(elapsed "$t0") s"
 }
 
-log "boot 1: slot A under U-Boot on QEMU virt"
-boot boot1
+log "boot 1: slot B on trial with a root hash that does not match: it fails, the script falls back to A"
+install_slot_uboot "$disk" "$B/payload" b 0000000000000000000000000000000000000000000000000000000000000000
+uboot_set "$disk" boot_slot=b upgrade_available=1 bootcount=0
+boot boot1 --reboot
 L=$T/boot1.log
-grep -aq "edgeimg: state from uboot.env: boot_slot=a upgrade_available=0" "$L" || fail "the boot script did not read uboot.env ($L)"
-ok "the boot script read the state from uboot.env"
+grep -aq "edgeimg: trying slot b (try 1 of 1)" "$L" || fail "slot B was not tried ($L)"
+grep -aq "slot b used its 1 tries without a commit: falling back" "$L" || fail "no fallback after the failed try ($L)"
+grep -aq "Kernel panic - not syncing: dm-verity device corrupted" "$L" || fail "slot B's wrong root hash did not stop its boot ($L)"
+[ "$(grep -ac '^U-Boot 20' "$L")" = 2 ] || fail "expected two power-ups (the try, the fallback) in $L"
+grep -aq "EDGEIMG-SELFTEST slot=b" "$L" && fail "slot B reached userspace ($L)"
+ok "slot B was tried once and panicked (dm-verity); the second power-up fell back to A"
+# The fallback boot is a plain boot of the image's slot A: check it as one.
+grep -aq "edgeimg: state from uboot.env: boot_slot=b upgrade_available=1 bootcount=1 " "$L" || fail "the second power-up did not read the try the first had counted ($L)"
+ok "the second power-up read the try count the first had written to uboot.env"
 expect arch aarch64 "$L"
 expect slot a "$L"
 expect root-fstype erofs "$L"
@@ -91,34 +93,16 @@ expect data-writable yes "$L"
 expect failed-units "" "$L"
 expect uboot-state "boot_slot=a,bootcount=0,bootlimit=1,upgrade_available=0," "$L"
 expect_match updater-status 'slot A' "$L"
+expect_uboot_state "$disk" "boot_slot=a,bootcount=0,bootlimit=1,upgrade_available=0,"
 
-log "boot 2: slot B on trial with a root hash that does not match: it fails, the script falls back"
-install_slot_uboot "$disk" "$B/payload" b 0000000000000000000000000000000000000000000000000000000000000000
-uboot_set "$disk" boot_slot=b upgrade_available=1 bootcount=0
-boot boot2 --reboot
-L=$T/boot2.log
-grep -aq "edgeimg: trying slot b (try 1 of 1)" "$L" || fail "slot B was not tried ($L)"
-grep -aq "slot b used its 1 tries without a commit: falling back" "$L" || fail "no fallback after the failed try ($L)"
-grep -aq "Kernel panic - not syncing: dm-verity device corrupted" "$L" || fail "slot B's wrong root hash did not stop its boot ($L)"
-[ "$(grep -ac '^U-Boot 20' "$L")" = 2 ] || fail "expected two power-ups (the try, the fallback) in $L"
-grep -aq "EDGEIMG-SELFTEST slot=b" "$L" && fail "slot B reached userspace ($L)"
-ok "slot B was tried once and panicked (dm-verity); the second power-up fell back to A"
-expect slot a "$L"
-expect uboot-state "boot_slot=a,bootcount=0,bootlimit=1,upgrade_available=0," "$L"
-for f in uboot.env uboot-redund.env; do
-    got=$(uboot_state "$disk" $f)
-    [ "$got" = "boot_slot=a,bootcount=0,bootlimit=1,upgrade_available=0," ] || fail "$f after the fallback: $got"
-done
-ok "both copies: slot A committed again"
-
-log "boot 3: slot B on trial with the right image, the first copy of the state torn: health passes, the updater commits"
+log "boot 2: slot B on trial with the right image, the first copy of the state torn: health passes, the updater commits"
 install_slot_uboot "$disk" "$B/payload" b
 uboot_set "$disk" boot_slot=b upgrade_available=1 bootcount=0
 # A power cut in the middle of writing uboot.env: its CRC fails; the second copy holds.
 head -c 16384 /dev/urandom >"$T/torn.env"
 MTOOLS_SKIP_CHECK=1 mcopy -o -i "$disk@@$(part_offset "$disk" esp)" "$T/torn.env" ::/uboot.env
-boot boot3
-L=$T/boot3.log
+boot boot2
+L=$T/boot2.log
 grep -aq "edgeimg: state from uboot-redund.env: boot_slot=b upgrade_available=1" "$L" || fail "the script did not fall back to the second copy ($L)"
 ok "the torn uboot.env was skipped; the state came from uboot-redund.env"
 grep -aq "edgeimg: trying slot b (try 1 of 1)" "$L" || fail "slot B was not tried ($L)"
@@ -126,9 +110,6 @@ expect slot b "$L"
 expect verity-roothash "$roothash" "$L"
 expect uboot-state "boot_slot=b,bootcount=0,bootlimit=1,upgrade_available=0," "$L"
 expect updater-units "active,active," "$L"
-for f in uboot.env uboot-redund.env; do
-    got=$(uboot_state "$disk" $f)
-    [ "$got" = "boot_slot=b,bootcount=0,bootlimit=1,upgrade_available=0," ] || fail "$f after the commit: $got"
-done
-ok "the updater committed slot B through fw_setenv: both copies (the torn one rewritten) say slot B, committed"
+expect_uboot_state "$disk" "boot_slot=b,bootcount=0,bootlimit=1,upgrade_available=0,"
+ok "the updater committed slot B through fw_setenv (the torn copy rewritten)"
 done_ok
