@@ -43,6 +43,36 @@ start_mirror() {
     fail "mirror did not start ($1.log)"
 }
 
+# make_vendor_repo DIR: a signed apt repository in DIR, the way a board vendor publishes
+# one: suite "edge", component main, amd64 and arm64, holding edgeimg-vendor-firmware 1.0
+# (one file under /usr/lib/firmware). Signed by a key made fresh for this run; its public
+# half goes to DIR.key.asc, and a key that did not sign anything to DIR.other.asc. Both are
+# INSECURE throwaway test keys.
+make_vendor_repo() {
+    local R=$1 P=$1.pkg G=$1.gnupg a k
+    rm -rf "$R" "$P" "$G"
+    mkdir -p "$R/pool" "$P/DEBIAN" "$P/usr/lib/firmware/edgeimg-vendor"
+    echo "edgeimg test vendor firmware" >"$P/usr/lib/firmware/edgeimg-vendor/marker.bin"
+    printf 'Package: edgeimg-vendor-firmware\nVersion: 1.0\nArchitecture: all\nMaintainer: edgeimg tests <tests@example.invalid>\nDescription: edgeimg test package from a vendor repository\n' \
+        >"$P/DEBIAN/control"
+    dpkg-deb --root-owner-group -Zgzip --build "$P" "$R/pool/edgeimg-vendor-firmware_1.0_all.deb" >/dev/null
+    for a in amd64 arm64; do
+        mkdir -p "$R/dists/edge/main/binary-$a"
+        (cd "$R" && apt-ftparchive --arch "$a" packages pool >"dists/edge/main/binary-$a/Packages")
+    done
+    (cd "$R/dists/edge" && apt-ftparchive -o APT::FTPArchive::Release::Suite=edge -o APT::FTPArchive::Release::Codename=edge \
+        -o APT::FTPArchive::Release::Architectures="amd64 arm64" -o APT::FTPArchive::Release::Components=main release . >"$R.Release")
+    mv "$R.Release" "$R/dists/edge/Release"
+    for k in key other; do
+        mkdir -p -m 700 "$G/$k"
+        GNUPGHOME=$G/$k gpg -q --batch --pinentry-mode loopback --passphrase '' \
+            --quick-gen-key "edgeimg test vendor $k (INSECURE, test only)" ed25519 sign never 2>/dev/null
+        GNUPGHOME=$G/$k gpg -q --armor --export >"$R.$k.asc"
+    done
+    GNUPGHOME=$G/key gpg -q --batch --yes --clearsign -o "$R/dists/edge/InRelease" "$R/dists/edge/Release"
+    rm -rf "$P" "$G"
+}
+
 stop_services() {
     [ -n "${REGISTRY_PID:-}" ] && kill "$REGISTRY_PID" 2>/dev/null
     [ -n "${MIRROR_PID:-}" ] && kill "$MIRROR_PID" 2>/dev/null

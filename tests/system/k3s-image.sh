@@ -100,7 +100,19 @@ grep -q '"node-exporter.yaml"' "$R/k3s-test.toml" || fail "recipe template chang
 helm_entry "$CHART_SHA" "\"$REGISTRY/edgeimg/hello:1.0@$HELLO_DIGEST\"" >>"$R/k3s-test.toml"
 oci_helm_entry "$CHART_SHA" >>"$R/k3s-test.toml"
 gitops_section "\"$REGISTRY/edgeimg/app:2.0\"" >>"$R/k3s-test.toml"
-build() { "$EDGEIMG" build --board qemu-x86_64 --out "$T/out" "$@"; }
+# The board: qemu-x86_64 plus a vendor's apt repository (signed, on the mirror) that
+# supplies a firmware package, the way rpi5 and Jetson boards get their vendors' kernels.
+make_vendor_repo "$T/inputs/mirror/vendor"
+board_with_key() { # board_with_key DIR KEYFILE: qemu-x86_64 with the vendor source trusted with KEYFILE
+    mkdir -p "$1"
+    cp "$2" "$1/vendor.asc"
+    { cat "$ROOT/boards/qemu-x86_64.toml"
+      printf '\n[firmware]\npackages = ["edgeimg-vendor-firmware"]\n\n[[apt.sources]]\nurl = "http://127.0.0.1:%s/vendor"\nsuite = "edge"\nkey = "vendor.asc"\n' "$MIRROR_PORT"
+    } >"$1/qemu-x86_64.toml"
+}
+board_with_key "$T/board" "$T/inputs/mirror/vendor.key.asc"
+BOARD=$T/board/qemu-x86_64.toml
+build() { "$EDGEIMG" build --board "$BOARD" --out "$T/out" "$@"; }
 
 log "an image given by tag only and not locked is refused"
 must_fail "unpinned image" "edgeimg/app:2.0\` is not pinned" -- build --recipe "$R/k3s-test.toml"
@@ -134,6 +146,11 @@ log "the archives inside the verity root, checked with independent tools"
 fsck.erofs --extract="$T/x" "$B/payload/root.img" >/dev/null 2>&1 || fail "fsck.erofs --extract failed"
 cmp "$T/x/usr/local/bin/k3s" "$ROOT/tests/k3s-standin/k3s" || fail "/usr/local/bin/k3s is not the pinned binary"
 ok "/usr/local/bin/k3s is the pinned binary"
+[ "$(cat "$T/x/usr/lib/firmware/edgeimg-vendor/marker.bin" 2>/dev/null)" = "edgeimg test vendor firmware" ] \
+    || fail "the vendor repository's firmware package is not in the root"
+jq -e '.packages[] | select(.name == "edgeimg-vendor-firmware") | .versionInfo == "1.0"' "$B/sbom.spdx.json" >/dev/null \
+    || fail "the SBOM lacks edgeimg-vendor-firmware 1.0"
+ok "board apt source: edgeimg-vendor-firmware 1.0 from the signed vendor repository is in the root and the SBOM"
 HC=$T/x/usr/lib/edgeimg/k3s/manifests/helm-hello.yaml
 [ -f "$HC" ] || fail "no HelmChart manifest for the chart in the image"
 grep -q '^kind: HelmChart$' "$HC" && grep -q '^  targetNamespace: "apps"$' "$HC" || fail "helm-hello.yaml is not the HelmChart expected: $(head -c 600 "$HC")"
@@ -225,7 +242,7 @@ rm -f "$T/disk.img"
 
 log "rebuild with a warm cache: same bytes, pull time"
 t0=$(now)
-"$EDGEIMG" build --board qemu-x86_64 --out "$T/out2" --recipe "$R/k3s-test.toml" >"$T/build2.log" 2>&1 || fail "rebuild failed"
+"$EDGEIMG" build --board "$BOARD" --out "$T/out2" --recipe "$R/k3s-test.toml" >"$T/build2.log" 2>&1 || fail "rebuild failed"
 ok "warm rebuild in $(elapsed "$t0") s; k3s step (cached downloads + pulls + archive) $(jq '.timings_seconds.k3s' "$T/out2/qemu-x86_64/k3s-test/1.0.0/report.json") s"
 cmp -s "$B/disk.img" "$T/out2/qemu-x86_64/k3s-test/1.0.0/disk.img" || fail "the rebuild differs"
 ok "the rebuild's disk.img is identical"
@@ -277,6 +294,12 @@ rm -f "$EDGEIMG_CACHE/blobs/sha256/$hexd"
 must_fail "digest mismatch from the registry" "layer $layer: the registry sent content with digest" -- build --recipe "$R/k3s-test.toml"
 ls "$EDGEIMG_CACHE/blobs/sha256/$hexd" >/dev/null 2>&1 && fail "the tampered blob entered the cache"
 ok "the tampered layer was not cached"
+# A vendor repository whose InRelease the board's key did not sign.
+board_with_key "$T/board-wrong-key" "$T/inputs/mirror/vendor.other.asc"
+must_fail "vendor repository signed by another key" "is its InRelease signed by the key the board gives?" -- \
+    "$EDGEIMG" build --board "$T/board-wrong-key/qemu-x86_64.toml" --out "$T/out" --recipe "$R/k3s-test.toml"
+must_fail "vendor repository signed by another key" "http://127.0.0.1:$MIRROR_PORT/vendor edge" -- \
+    "$EDGEIMG" build --board "$T/board-wrong-key/qemu-x86_64.toml" --out "$T/out" --recipe "$R/k3s-test.toml"
 [ -z "$(find "$T/out" -maxdepth 3 -name '.*partial*')" ] || fail "a failed build left a partial directory"
 [ "$(ls "$T/out/qemu-x86_64/k3s-test")" = "1.0.0" ] || fail "failed builds left output: $(ls "$T/out/qemu-x86_64/k3s-test")"
 ok "no output left by the failed builds"

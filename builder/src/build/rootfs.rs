@@ -37,8 +37,8 @@ const DRACUT_MODDIR: &str = "/usr/lib/dracut/modules.d/90edgeimg";
 pub enum RootfsError {
     #[error("Debian mirror {mirror} (suite {suite}) is not usable: {source}. Check `debian.mirror` and `debian.suite` in the recipe, and the network")]
     Mirror { mirror: String, suite: String, source: NetError },
-    #[error("mmdebstrap failed; the tree was not cached. {0}")]
-    Mmdebstrap(ToolError),
+    #[error("mmdebstrap failed; the tree was not cached. {source}{hint}")]
+    Mmdebstrap { source: Box<ToolError>, hint: String },
     #[error("the board layer failed; nothing was cached. {source}. {hint}")]
     BoardLayer { hint: String, source: Box<ToolError> },
     #[error("rootfs cache {path}: {source}")]
@@ -55,6 +55,8 @@ pub struct RootfsSpec {
     pub components: Vec<String>,
     pub packages: Vec<String>,
     pub keyring: PathBuf,
+    /// The board's extra apt sources (vendor kernels and firmware).
+    pub sources: Vec<ExtraSource>,
     /// The edgeimg dracut module: (file name, content).
     pub dracut_module: Vec<(String, String)>,
     /// sha256 of the suite's InRelease file when the key was computed.
@@ -66,6 +68,43 @@ impl RootfsSpec {
     pub fn key(&self) -> String {
         key_of(self)
     }
+
+    /// The extra sources as mmdebstrap MIRROR arguments (one-line sources.list entries,
+    /// each trusting only its own key), their keys written into `dir`.
+    fn source_args(&self, dir: &Path) -> Result<Vec<String>, RootfsError> {
+        let mut args = Vec::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            let key = dir.join(format!("source-{i}.{}", if s.armored { "asc" } else { "gpg" }));
+            fs::write(&key, &s.key).map_err(|source| RootfsError::Cache { path: key.clone(), source })?;
+            args.push(format!("deb [signed-by={}] {} {} {}", key.display(), s.url, s.suite, s.components.join(" ")));
+        }
+        Ok(args)
+    }
+
+    /// What to check when mmdebstrap fails on a tree with extra sources.
+    fn sources_hint(&self) -> String {
+        match self.sources.len() {
+            0 => String::new(),
+            _ => format!(
+                ". The board adds apt sources ({}): is each reachable, and is its InRelease signed by the key the board gives?",
+                self.sources.iter().map(|s| format!("{} {}", s.url, s.suite)).collect::<Vec<_>>().join(", ")
+            ),
+        }
+    }
+}
+
+/// An apt source a board adds (identified by its key's sha256; the key itself is not part
+/// of the cache key's text).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct ExtraSource {
+    pub url: String,
+    pub suite: String,
+    pub components: Vec<String>,
+    pub key_sha256: String,
+    #[serde(skip)]
+    pub key: Vec<u8>,
+    #[serde(skip)]
+    pub armored: bool,
 }
 
 /// Everything a board adds to a base tree.
@@ -207,6 +246,19 @@ pub fn spec(board: &Board, recipe: &LoadedRecipe, release_sha256: String, epoch:
         components: d.components.clone(),
         packages: packages.into_iter().collect(),
         keyring: d.keyring.clone(),
+        sources: board
+            .apt
+            .sources
+            .iter()
+            .map(|s| ExtraSource {
+                url: s.url.trim_end_matches('/').into(),
+                suite: s.suite.clone(),
+                components: s.components.clone(),
+                key_sha256: sha256_bytes(&s.key_bytes),
+                key: s.key_bytes.clone(),
+                armored: s.key_is_armored(),
+            })
+            .collect(),
         dracut_module: dracut_module(),
         release_sha256,
         epoch,
@@ -279,8 +331,9 @@ pub fn ensure(cache: &Path, spec: &RootfsSpec, no_cache: bool, rep: &dyn Reporte
             .arg(&spec.suite)
             .arg(tmp)
             .arg(&spec.mirror)
+            .args(spec.source_args(hookdir)?)
             .run_streaming(|line| rep.output("rootfs", line))
-            .map_err(RootfsError::Mmdebstrap)
+            .map_err(|e| RootfsError::Mmdebstrap { source: Box::new(e), hint: spec.sources_hint() })
     })
 }
 
@@ -308,10 +361,18 @@ pub fn ensure_board_layer(
             let r = if e.file_type().is_ok_and(|t| t.is_dir()) { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
             r.map_err(|source| RootfsError::Cache { path: p, source })?;
         }
-        // mmdebstrap keeps apt sources it finds: let it write the layer's (more components).
+        // mmdebstrap keeps apt sources it finds: let it write the layer's (more components,
+        // the extra sources with keys where this run has them).
         let sources = tmp.join("etc/apt/sources.list");
         if sources.exists() {
             fs::remove_file(&sources).map_err(|source| RootfsError::Cache { path: sources, source })?;
+        }
+        let parts = tmp.join("etc/apt/sources.list.d");
+        for e in fs::read_dir(&parts).into_iter().flatten().flatten() {
+            // mmdebstrap names its files 0000main.sources, 0001.list, …
+            if e.file_name().to_string_lossy().starts_with(|c: char| c.is_ascii_digit()) {
+                fs::remove_file(e.path()).map_err(|source| RootfsError::Cache { path: e.path(), source })?;
+            }
         }
         // mmdebstrap copies the host's resolv.conf in for apt; the tree's own (systemd-resolved's
         // symlink to /run) would make that copy fail. Set it aside and put it back at the end.
@@ -343,11 +404,16 @@ pub fn ensure_board_layer(
             .arg(&base.suite)
             .arg(tmp)
             .arg(&base.mirror)
+            .args(base.source_args(hookdir)?)
             .run_streaming(|line| rep.output("board-layer", line))
             .map_err(|source| RootfsError::BoardLayer {
                 hint: format!(
-                    "A firmware package name wrong? {:?} must exist in {} for {} in the components {:?}",
-                    layer.packages, base.suite, base.arch, layer.components
+                    "A firmware package name wrong? {:?} must exist in {} for {} in the components {:?}{}",
+                    layer.packages,
+                    base.suite,
+                    base.arch,
+                    layer.components,
+                    base.sources_hint()
                 ),
                 source: Box::new(source),
             })

@@ -20,7 +20,51 @@ pub struct Board {
     #[serde(default)]
     pub firmware: Firmware,
     #[serde(default)]
+    pub apt: Apt,
+    #[serde(default)]
     pub disk: Disk,
+}
+
+/// Package repositories the board adds to the recipe's Debian mirror (a vendor's kernel or
+/// firmware: Raspberry Pi's, NVIDIA's L4T).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Apt {
+    #[serde(default)]
+    pub sources: Vec<AptSource>,
+}
+
+/// One apt repository, trusted only with its own key (`signed-by`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AptSource {
+    /// Repository URL (http or https), e.g. `http://archive.raspberrypi.com/debian`.
+    pub url: String,
+    /// Suite (codename), e.g. `trixie`.
+    pub suite: String,
+    /// Components; default `["main"]`.
+    #[serde(default = "default_components")]
+    pub components: Vec<String>,
+    /// The OpenPGP public key that signs the repository's InRelease: a file (binary or
+    /// ASCII-armored; relative paths are relative to the board file) or the armored key
+    /// itself.
+    pub key: String,
+    /// The key as read when the board was loaded.
+    #[serde(skip)]
+    pub key_bytes: Vec<u8>,
+}
+
+const ARMORED_KEY: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
+
+impl AptSource {
+    /// Is the key ASCII-armored (apt wants such a file to end in `.asc`)?
+    pub fn key_is_armored(&self) -> bool {
+        self.key_bytes.starts_with(ARMORED_KEY.as_bytes())
+    }
+}
+
+fn default_components() -> Vec<String> {
+    vec!["main".into()]
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -198,8 +242,11 @@ impl Default for Disk {
 
 impl Board {
     pub fn load(src: &Source) -> Result<Self, ConfigError> {
-        let board: Board = src.parse()?;
+        let mut board: Board = src.parse()?;
         board.validate(src)?;
+        for (i, s) in board.apt.sources.iter_mut().enumerate() {
+            s.key_bytes = read_key(src, &format!("apt.sources[{i}].key"), &s.key)?;
+        }
         Ok(board)
     }
 
@@ -254,6 +301,21 @@ impl Board {
         for path in self.boot.write.keys() {
             boot_path(&format!("boot.write.\"{path}\""), path)?;
         }
+        for (i, a) in self.apt.sources.iter().enumerate() {
+            let key = |k: &str| format!("apt.sources[{i}].{k}");
+            if !(a.url.starts_with("http://") || a.url.starts_with("https://")) || a.url.contains(char::is_whitespace) {
+                return Err(
+                    src.error_at(&key("url"), format!("`{}`: give the repository's http:// or https:// URL", a.url))
+                );
+            }
+            let word = |w: &str| !w.is_empty() && !w.contains(char::is_whitespace) && !w.contains(['[', ']', '#']);
+            if !word(&a.suite) {
+                return Err(src.error_at(&key("suite"), "give one suite (codename), e.g. \"trixie\""));
+            }
+            if a.components.is_empty() || !a.components.iter().all(|c| word(c)) {
+                return Err(src.error_at(&key("components"), "give the components as words, e.g. [\"main\"]"));
+            }
+        }
         if let Some(c) = &self.kernel.console {
             if c.contains(char::is_whitespace) || c.starts_with("console=") {
                 return Err(src.error_at("kernel.console", "give the device only, e.g. \"ttyS0,115200\""));
@@ -271,10 +333,92 @@ impl Board {
     }
 }
 
+/// An apt source's key: the armored key itself, or a file (relative to the board file).
+fn read_key(src: &Source, at: &str, key: &str) -> Result<Vec<u8>, ConfigError> {
+    if key.trim_start().starts_with(ARMORED_KEY) {
+        return Ok(key.trim_start().as_bytes().to_vec());
+    }
+    let path = src.path.parent().unwrap_or(std::path::Path::new(".")).join(key);
+    let bytes = std::fs::read(&path).map_err(|e| {
+        src.error_at(
+            at,
+            format!(
+                "cannot read the key file {}: {e}. Give a path relative to the board file, or paste the \
+                 ASCII-armored key itself",
+                path.display()
+            ),
+        )
+    })?;
+    // An armored key, or a binary OpenPGP packet (the tag byte has its top bit set).
+    if !(bytes.starts_with(ARMORED_KEY.as_bytes()) || bytes.first().is_some_and(|b| b & 0x80 != 0)) {
+        return Err(
+            src.error_at(at, format!("{} is not an OpenPGP public key (binary or ASCII-armored)", path.display()))
+        );
+    }
+    Ok(bytes)
+}
+
 /// Names that end up in file names: lowercase ASCII, digits, '-', '_' and '.'.
 pub fn is_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b))
         && !s.starts_with(['.', '-'])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = "name = \"vendor\"\narch = \"arm64\"\n[boot]\nbackend = \"u-boot\"\n";
+
+    fn load(dir: &std::path::Path, extra: &str) -> Result<Board, ConfigError> {
+        let path = dir.join("vendor.toml");
+        std::fs::write(&path, format!("{BASE}{extra}")).unwrap();
+        Board::load(&Source::read(&path)?)
+    }
+
+    #[test]
+    fn apt_sources_read_their_keys_from_a_file_or_inline() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("keys")).unwrap();
+        std::fs::write(dir.path().join("keys/vendor.gpg"), [0x99, 0x01, 0x0d]).unwrap();
+        let b = load(
+            dir.path(),
+            "[[apt.sources]]\nurl = \"http://repo.example.com/debian\"\nsuite = \"trixie\"\nkey = \"keys/vendor.gpg\"\n\
+             [[apt.sources]]\nurl = \"https://l4t.example.com\"\nsuite = \"r36.4\"\ncomponents = [\"common\", \"t234\"]\n\
+             key = \"\"\"\n-----BEGIN PGP PUBLIC KEY BLOCK-----\nxyz\n-----END PGP PUBLIC KEY BLOCK-----\n\"\"\"\n",
+        )
+        .unwrap();
+        let (a, b) = (&b.apt.sources[0], &b.apt.sources[1]);
+        assert_eq!((a.key_bytes.as_slice(), a.key_is_armored()), (&[0x99, 0x01, 0x0d][..], false));
+        assert_eq!(a.components, ["main"]);
+        assert!(b.key_is_armored() && b.key_bytes.ends_with(b"-----END PGP PUBLIC KEY BLOCK-----\n"));
+    }
+
+    #[test]
+    fn bad_apt_sources_are_refused_with_the_key_named() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("notakey.txt"), "hello").unwrap();
+        let src = |k: &str, v: &str| {
+            let mut t = std::collections::BTreeMap::from([
+                ("url", "\"http://repo.example.com/debian\""),
+                ("suite", "\"trixie\""),
+                ("key", "\"missing.asc\""),
+            ]);
+            t.insert(k, v);
+            format!("[[apt.sources]]\n{}", t.iter().map(|(k, v)| format!("{k} = {v}\n")).collect::<String>())
+        };
+        for (k, v, want) in [
+            ("key", "\"missing.asc\"", "cannot read the key file"),
+            ("key", "\"notakey.txt\"", "is not an OpenPGP public key"),
+            ("url", "\"ftp://repo.example.com\"", "http:// or https://"),
+            ("suite", "\"trixie main\"", "one suite"),
+            ("components", "[]", "components"),
+        ] {
+            let e = load(dir.path(), &src(k, v)).unwrap_err();
+            assert!(e.to_string().contains(want), "{k} = {v}: {e}");
+            assert!(e.to_string().contains(&format!("apt.sources[0].{k}")), "{k} = {v}: {e}");
+        }
+    }
 }
