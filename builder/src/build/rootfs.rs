@@ -125,6 +125,15 @@ impl BoardLayerSpec {
     }
 }
 
+/// The host's architecture, as Debian names it.
+fn host_debian_arch() -> &'static str {
+    match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        other => other,
+    }
+}
+
 fn key_of(spec: &impl Serialize) -> String {
     sha256_bytes(&serde_json::to_vec(spec).unwrap_or_default())[..32].to_string()
 }
@@ -385,9 +394,22 @@ pub fn ensure_board_layer(
             "--customize-hook=if [ -L \"$1/etc/{RESOLV_ASIDE}\" ] || [ -e \"$1/etc/{RESOLV_ASIDE}\" ]; then \
              rm -f \"$1/etc/resolv.conf\" && mv \"$1/etc/{RESOLV_ASIDE}\" \"$1/etc/resolv.conf\"; fi"
         );
-        let one_dracut = "--customize-hook=rm -f \"$1/usr/bin/dracut\" \
+        // For a foreign architecture, dracut writes the archive uncompressed and the host's
+        // zstd compresses it as dracut would (`zstd -15 -q -T0`): the same bytes, in a quarter
+        // of the time it takes under emulation. (No early-microcode archive to keep apart:
+        // that is x86, which runs natively.)
+        let make_initrd = if base.arch == host_debian_arch() {
+            "chroot \"$1\" dracut -q --force /boot/initrd.img-$v $v || exit 1".to_string()
+        } else {
+            "chroot \"$1\" dracut -q --force --no-compress /boot/initrd.img-$v.cpio $v \
+             && zstd -15 -q -T0 --rm -f \"$1/boot/initrd.img-$v.cpio\" -o \"$1/boot/initrd.img-$v\" || exit 1"
+                .to_string()
+        };
+        let one_dracut = format!(
+            "--customize-hook=rm -f \"$1/usr/bin/dracut\" \
              && chroot \"$1\" dpkg-divert --quiet --local --rename --remove /usr/bin/dracut \
-             && for k in \"$1\"/usr/lib/modules/*; do v=${k##*/}; chroot \"$1\" dracut -q --force /boot/initrd.img-$v $v || exit 1; done";
+             && for k in \"$1\"/usr/lib/modules/*; do v=${{k##*/}}; {make_initrd}; done"
+        );
         // mmdebstrap's `custom` variant on the existing tree: apt resolves the firmware
         // packages against what the tree has installed and dpkg installs them inside it
         // (with their maintainer scripts, under emulation for a foreign architecture).
