@@ -37,10 +37,12 @@ const DRACUT_MODDIR: &str = "/usr/lib/dracut/modules.d/90edgeimg";
 pub enum RootfsError {
     #[error("Debian mirror {mirror} (suite {suite}) is not usable: {source}. Check `debian.mirror` and `debian.suite` in the recipe, and the network")]
     Mirror { mirror: String, suite: String, source: NetError },
-    #[error("mmdebstrap failed; the tree was not cached. {source}{hint}")]
-    Mmdebstrap { source: Box<ToolError>, hint: String },
-    #[error("the board layer failed; nothing was cached. {source}. {hint}")]
-    BoardLayer { hint: String, source: Box<ToolError> },
+    // `error`, not `source`: the tool's output is in the message already, and a source
+    // would print it a second time.
+    #[error("mmdebstrap failed; the tree was not cached. {error}{hint}")]
+    Mmdebstrap { error: Box<ToolError>, hint: String },
+    #[error("the board layer failed; nothing was cached. {error}. {hint}")]
+    BoardLayer { hint: String, error: Box<ToolError> },
     #[error("rootfs cache {path}: {source}")]
     Cache { path: PathBuf, source: std::io::Error },
 }
@@ -342,7 +344,7 @@ pub fn ensure(cache: &Path, spec: &RootfsSpec, no_cache: bool, rep: &dyn Reporte
             .arg(&spec.mirror)
             .args(spec.source_args(hookdir)?)
             .run_streaming(|line| rep.output("rootfs", line))
-            .map_err(|e| RootfsError::Mmdebstrap { source: Box::new(e), hint: spec.sources_hint() })
+            .map_err(|e| RootfsError::Mmdebstrap { error: Box::new(e), hint: spec.sources_hint() })
     })
 }
 
@@ -428,7 +430,7 @@ pub fn ensure_board_layer(
             .arg(&base.mirror)
             .args(base.source_args(hookdir)?)
             .run_streaming(|line| rep.output("board-layer", line))
-            .map_err(|source| RootfsError::BoardLayer {
+            .map_err(|error| RootfsError::BoardLayer {
                 hint: format!(
                     "A firmware package name wrong? {:?} must exist in {} for {} in the components {:?}{}",
                     layer.packages,
@@ -437,7 +439,7 @@ pub fn ensure_board_layer(
                     layer.components,
                     base.sources_hint()
                 ),
-                source: Box::new(source),
+                error: Box::new(error),
             })
     })
 }
