@@ -43,6 +43,14 @@ start_mirror() {
     fail "mirror did not start ($1.log)"
 }
 
+# k3s_pins: set K3S_SHA256, AIRGAP_AMD64 and AIRGAP_ARM64, the sha256 pins of what
+# make_test_images put on the mirror (after make_test_images).
+k3s_pins() {
+    K3S_SHA256=$(sha256sum <"$ROOT/tests/k3s-standin/k3s" | cut -c1-64)
+    AIRGAP_AMD64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-amd64.tar.zst" | cut -c1-64)
+    AIRGAP_ARM64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-arm64.tar.zst" | cut -c1-64)
+}
+
 # make_vendor_repo DIR: a signed apt repository in DIR, the way a board vendor publishes
 # one: suite "edge", component main, amd64 and arm64, holding edgeimg-vendor-firmware 1.0
 # (one file under /usr/lib/firmware). Signed by a key made fresh for this run; its public

@@ -51,9 +51,7 @@ start_mirror "$T/inputs/mirror"
 "$EDGEIMG" keys init --out "$T/keys" >"$T/keys.log" 2>&1 || { cat "$T/keys.log"; fail "keys init failed"; }
 ok "fresh release keys and root.json in $T/keys"
 
-K3S_SHA256=$(sha256sum <"$ROOT/tests/k3s-standin/k3s" | cut -c1-64)
-AIRGAP_AMD64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-amd64.tar.zst" | cut -c1-64)
-AIRGAP_ARM64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-arm64.tar.zst" | cut -c1-64)
+k3s_pins
 R=$T/recipe
 mkdir -p "$R"
 cp -r "$ROOT/tests/recipes/selftest-overlay" "$ROOT/tests/recipes/k3s-test-overlay" "$ROOT/tests/recipes/e2e-overlay" \

@@ -18,9 +18,7 @@ start_registry "$T/registry"
 make_test_images "$T/inputs"
 start_mirror "$T/inputs/mirror"
 ok "registry $REGISTRY: edgeimg/hello:1.0 = $HELLO_DIGEST, edgeimg/app:2.0 = $APP_DIGEST"
-K3S_SHA256=$(sha256sum <"$ROOT/tests/k3s-standin/k3s" | cut -c1-64)
-AIRGAP_AMD64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-amd64.tar.zst" | cut -c1-64)
-AIRGAP_ARM64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-arm64.tar.zst" | cut -c1-64)
+k3s_pins
 
 R=$T/recipe
 mkdir -p "$R"

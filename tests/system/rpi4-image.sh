@@ -22,9 +22,7 @@ log "inputs on 127.0.0.1: registry, test images, K3s stand-in mirror"
 start_registry "$T/registry"
 make_test_images "$T/inputs"
 start_mirror "$T/inputs/mirror"
-K3S_SHA256=$(sha256sum <"$ROOT/tests/k3s-standin/k3s" | cut -c1-64)
-AIRGAP_AMD64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-amd64.tar.zst" | cut -c1-64)
-AIRGAP_ARM64=$(sha256sum <"$T/inputs/mirror/$K3S_VERSION/k3s-airgap-images-arm64.tar.zst" | cut -c1-64)
+k3s_pins
 
 # recipes/k3s-edge.toml as shipped, with its K3s pins pointed at the mirror's stand-in
 # (GitHub is out of reach here), one pre-pulled image, and the self-test unit.

@@ -71,10 +71,10 @@ impl RootfsSpec {
         key_of(self)
     }
 
-    /// The extra sources as mmdebstrap MIRROR arguments (one-line sources.list entries,
-    /// each trusting only its own key), their keys written into `dir`.
-    fn source_args(&self, dir: &Path) -> Result<Vec<String>, RootfsError> {
-        let mut args = Vec::new();
+    /// mmdebstrap's positional arguments: SUITE, TARGET, the mirror, then the extra sources
+    /// as one-line sources.list entries, each trusting only its own key (written into `dir`).
+    fn positional(&self, target: &Path, dir: &Path) -> Result<Vec<String>, RootfsError> {
+        let mut args = vec![self.suite.clone(), target.display().to_string(), self.mirror.clone()];
         for (i, s) in self.sources.iter().enumerate() {
             let key = dir.join(format!("source-{i}.{}", if s.armored { "asc" } else { "gpg" }));
             fs::write(&key, &s.key).map_err(|source| RootfsError::Cache { path: key.clone(), source })?;
@@ -339,10 +339,7 @@ pub fn ensure(cache: &Path, spec: &RootfsSpec, no_cache: bool, rep: &dyn Reporte
             .arg(format!("--include={}", spec.packages.join(",")))
             .args(&module_hooks)
             .arg(quiet_dracut)
-            .arg(&spec.suite)
-            .arg(tmp)
-            .arg(&spec.mirror)
-            .args(spec.source_args(hookdir)?)
+            .args(spec.positional(tmp, hookdir)?)
             .run_streaming(|line| rep.output("rootfs", line))
             .map_err(|e| RootfsError::Mmdebstrap { error: Box::new(e), hint: spec.sources_hint() })
     })
@@ -425,10 +422,7 @@ pub fn ensure_board_layer(
             .arg(format!("--setup-hook=upload {} /etc/dracut.conf.d/90-edgeimg.conf", conf.display()))
             .arg(restore_resolv)
             .arg(one_dracut)
-            .arg(&base.suite)
-            .arg(tmp)
-            .arg(&base.mirror)
-            .args(base.source_args(hookdir)?)
+            .args(base.positional(tmp, hookdir)?)
             .run_streaming(|line| rep.output("board-layer", line))
             .map_err(|error| RootfsError::BoardLayer {
                 hint: format!(
