@@ -319,9 +319,10 @@ impl Ctx<'_> {
         );
         let layer_tree =
             rootfs::ensure_board_layer(&self.opts.cache, &base_tree.path, &spec, &layer, self.opts.no_cache, rep)?;
+        // Let other boards' builds at the base tree now; the layer stays locked to the end.
         drop(base_tree);
-        let (base, cached) = (layer_tree.path.clone(), layer_tree.cached);
-        timings.insert("board-layer", rep.finish("board-layer", t, if cached { "cached" } else { "built" }));
+        let base = &layer_tree.path;
+        timings.insert("board-layer", rep.finish("board-layer", t, if layer_tree.cached { "cached" } else { "built" }));
 
         let inputs = report::inputs(self.board_src, self.recipe).map_err(io_ctx("hashing the build inputs"))?;
         let build_id = report::build_id(&layer.key(), self.version, epoch, &inputs);
@@ -352,7 +353,7 @@ impl Ctx<'_> {
         };
         let t = rep.start("customize", "copying the base tree and making it a read-only root");
         fs::create_dir_all(&work).map_err(io_ctx("creating the work directory"))?;
-        crate::fsutil::copy_tree(&base, &tree)?;
+        crate::fsutil::copy_tree(base, &tree)?;
         let kernel = boot::take_kernel(&tree, &work.join("boot"))?;
         let summary = customize::customize(
             &tree,
@@ -419,13 +420,13 @@ impl Ctx<'_> {
         let cmdlines: BTreeMap<Slot, String> =
             Slot::ALL.iter().map(|&s| (s, boot::cmdline(board, s, &root.roothash))).collect();
         let secure_boot = recipe.secure_boot.as_ref().map(|sb| (sb, self.recipe.dir.as_path()));
-        let boot_set = boot::boot_set(&work, &base, board, &kernel, &cmdlines, &os_release, secure_boot)?;
+        let boot_set = boot::boot_set(&work, base, board, &kernel, &cmdlines, &os_release, secure_boot)?;
         let esp = boot::esp_image(
             &work,
             &boot::EspInput {
                 board,
                 board_file: &board_file,
-                tree: &base,
+                tree: base,
                 boot: &boot_set,
                 title: &title,
                 cmdline_a: &cmdlines[&Slot::A],
@@ -489,7 +490,7 @@ impl Ctx<'_> {
             spec: &spec,
             layer: &layer,
             rootfs_cached: base_cached,
-            layer_cached: cached,
+            layer_cached: layer_tree.cached,
             table: &table,
             root: &root,
             kernel_version: &kernel.version,

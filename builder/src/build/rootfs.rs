@@ -3,8 +3,8 @@
 //! that "same key" really means "same packages":
 //!
 //! 1. the **base tree** (mmdebstrap): the recipe's packages, edgeimg's, the kernel. It does
-//!    not depend on the board beyond its architecture, kernel package and boot backend, so
-//!    every board of an architecture that builds the same recipe shares it. For arm64 it is
+//!    not depend on the board beyond its architecture, kernel package, boot backend and apt
+//!    sources, so every board of an architecture that builds the same recipe shares it. For arm64 it is
 //!    the slow step (minutes under QEMU user emulation).
 //! 2. the **board layer**: a copy of the base tree with the board's firmware packages
 //!    installed (mmdebstrap's `custom` variant on the existing tree) and the initrd made
@@ -77,7 +77,7 @@ impl RootfsSpec {
         let mut args = vec![self.suite.clone(), target.display().to_string(), self.mirror.clone()];
         for (i, s) in self.sources.iter().enumerate() {
             let key = dir.join(format!("source-{i}.{}", if s.armored { "asc" } else { "gpg" }));
-            fs::write(&key, &s.key).map_err(|source| RootfsError::Cache { path: key.clone(), source })?;
+            fs::write(&key, &s.key).map_err(cache_err(&key))?;
             args.push(format!("deb [signed-by={}] {} {} {}", key.display(), s.url, s.suite, s.components.join(" ")));
         }
         Ok(args)
@@ -125,6 +125,12 @@ impl BoardLayerSpec {
     pub fn key(&self) -> String {
         key_of(self)
     }
+}
+
+/// Map an I/O error on `path` in the cache's trees to a `RootfsError`.
+fn cache_err(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError {
+    let path = path.to_path_buf();
+    move |source| RootfsError::Cache { path, source }
 }
 
 /// The host's architecture, as Debian names it.
@@ -325,7 +331,7 @@ pub fn ensure(cache: &Path, spec: &RootfsSpec, no_cache: bool, rep: &dyn Reporte
         let mut module_hooks = vec![format!("--setup-hook=mkdir -p \"$1{DRACUT_MODDIR}\"")];
         for (name, text) in &spec.dracut_module {
             let p = hookdir.join(name);
-            fs::write(&p, text).map_err(|source| RootfsError::Cache { path: p.clone(), source })?;
+            fs::write(&p, text).map_err(cache_err(&p))?;
             module_hooks.push(format!("--setup-hook=upload {} {DRACUT_MODDIR}/{name}", p.display()));
         }
         module_hooks.push(format!("--setup-hook=chmod 755 \"$1{DRACUT_MODDIR}\"/*.sh"));
@@ -356,30 +362,27 @@ pub fn ensure_board_layer(
     rep: &dyn Reporter,
 ) -> Result<Tree, RootfsError> {
     cached(&cache.join("board-layer"), &layer.key(), layer, no_cache, |tmp, hookdir| {
-        crate::fsutil::copy_tree(base_tree, tmp).map_err(|e| RootfsError::Cache {
-            path: tmp.to_path_buf(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
+        crate::fsutil::copy_tree(base_tree, tmp).map_err(|e| cache_err(tmp)(std::io::Error::other(e.to_string())))?;
         let conf = hookdir.join("90-edgeimg.conf");
-        fs::write(&conf, &layer.dracut_conf).map_err(|source| RootfsError::Cache { path: conf.clone(), source })?;
+        fs::write(&conf, &layer.dracut_conf).map_err(cache_err(&conf))?;
         // mmdebstrap makes /dev's nodes itself and refuses to find them there.
         let dev = tmp.join("dev");
-        for e in fs::read_dir(&dev).map_err(|source| RootfsError::Cache { path: dev.clone(), source })?.flatten() {
+        for e in fs::read_dir(&dev).map_err(cache_err(&dev))?.flatten() {
             let p = e.path();
             let r = if e.file_type().is_ok_and(|t| t.is_dir()) { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
-            r.map_err(|source| RootfsError::Cache { path: p, source })?;
+            r.map_err(cache_err(&p))?;
         }
         // mmdebstrap keeps apt sources it finds: let it write the layer's (more components,
         // the extra sources with keys where this run has them).
         let sources = tmp.join("etc/apt/sources.list");
         if sources.exists() {
-            fs::remove_file(&sources).map_err(|source| RootfsError::Cache { path: sources, source })?;
+            fs::remove_file(&sources).map_err(cache_err(&sources))?;
         }
         let parts = tmp.join("etc/apt/sources.list.d");
         for e in fs::read_dir(&parts).into_iter().flatten().flatten() {
             // mmdebstrap names its files 0000main.sources, 0001.list, …
             if e.file_name().to_string_lossy().starts_with(|c: char| c.is_ascii_digit()) {
-                fs::remove_file(e.path()).map_err(|source| RootfsError::Cache { path: e.path(), source })?;
+                fs::remove_file(e.path()).map_err(cache_err(&e.path()))?;
             }
         }
         // mmdebstrap copies the host's resolv.conf in for apt; the tree's own (systemd-resolved's
@@ -387,15 +390,15 @@ pub fn ensure_board_layer(
         let resolv = tmp.join("etc/resolv.conf");
         if fs::symlink_metadata(&resolv).is_ok() {
             let aside = tmp.join(format!("etc/{RESOLV_ASIDE}"));
-            fs::rename(&resolv, &aside).map_err(|source| RootfsError::Cache { path: aside, source })?;
+            fs::rename(&resolv, &aside).map_err(cache_err(&aside))?;
         }
         let restore_resolv = format!(
             "--customize-hook=if [ -L \"$1/etc/{RESOLV_ASIDE}\" ] || [ -e \"$1/etc/{RESOLV_ASIDE}\" ]; then \
              rm -f \"$1/etc/resolv.conf\" && mv \"$1/etc/{RESOLV_ASIDE}\" \"$1/etc/resolv.conf\"; fi"
         );
         // For a foreign architecture, dracut writes the archive uncompressed and the host's
-        // zstd compresses it as dracut would (`zstd -15 -q -T0`): the same bytes, in a quarter
-        // of the time it takes under emulation. (No early-microcode archive to keep apart:
+        // zstd compresses it with dracut's settings (`zstd -15 -q -T0`), in a quarter of the
+        // time it takes under emulation. (No early-microcode archive to keep apart:
         // that is x86, which runs natively.)
         let make_initrd = if base.arch == host_debian_arch() {
             "chroot \"$1\" dracut -q --force /boot/initrd.img-$v $v || exit 1".to_string()
@@ -454,16 +457,12 @@ fn cached(
 ) -> Result<Tree, RootfsError> {
     let tree = dir.join(key);
     let meta = dir.join(format!("{key}.json"));
-    let cerr = |path: &Path| {
-        let path = path.to_path_buf();
-        move |source| RootfsError::Cache { path, source }
-    };
-    fs::create_dir_all(dir).map_err(cerr(dir))?;
+    fs::create_dir_all(dir).map_err(cache_err(dir))?;
     let lock_path = dir.join(format!("{key}.lock"));
     let lock_file =
-        fs::File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(cerr(&lock_path))?;
+        fs::File::options().create(true).truncate(false).write(true).open(&lock_path).map_err(cache_err(&lock_path))?;
     let lock = nix::fcntl::Flock::lock(lock_file, nix::fcntl::FlockArg::LockExclusive)
-        .map_err(|(_, e)| RootfsError::Cache { path: lock_path.clone(), source: e.into() })?;
+        .map_err(|(_, e)| cache_err(&lock_path)(e.into()))?;
     if !no_cache && tree.is_dir() && meta.is_file() {
         // Touch for least-recently-used pruning.
         let _ = fs::File::options().append(true).open(&meta).and_then(|f| f.set_modified(SystemTime::now()));
@@ -471,14 +470,14 @@ fn cached(
     }
     let tmp = dir.join(format!(".tmp-{key}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
-    let hookdir = tempfile::tempdir_in(dir).map_err(cerr(dir))?;
+    let hookdir = tempfile::tempdir_in(dir).map_err(cache_err(dir))?;
     if let Err(e) = build(&tmp, hookdir.path()) {
         let _ = fs::remove_dir_all(&tmp);
         return Err(e);
     }
     let _ = fs::remove_dir_all(&tree);
-    fs::rename(&tmp, &tree).map_err(cerr(&tree))?;
-    fs::write(&meta, serde_json::to_vec_pretty(spec).unwrap_or_default()).map_err(cerr(&meta))?;
+    fs::rename(&tmp, &tree).map_err(cache_err(&tree))?;
+    fs::write(&meta, serde_json::to_vec_pretty(spec).unwrap_or_default()).map_err(cache_err(&meta))?;
     prune(dir, key);
     Ok(Tree { path: tree, cached: false, _lock: lock })
 }
