@@ -12,6 +12,7 @@ pub mod provision;
 pub mod release;
 pub mod report;
 pub mod slot;
+pub mod tryboot;
 pub mod uboot;
 pub mod verity;
 

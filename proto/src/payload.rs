@@ -41,7 +41,9 @@ pub enum ArtifactKind {
     RootImage,
     /// dm-verity hash tree, written to the slot's verity partition.
     VerityTree,
-    /// A file copied to the boot partition.
+    /// A file copied to the boot partition; on a board whose slots have a boot partition
+    /// each (Raspberry Pi tryboot), the image of the slot's whole boot partition (its
+    /// path is [`crate::tryboot::WHOLE_PARTITION`]).
     BootFile,
 }
 

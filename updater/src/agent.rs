@@ -116,6 +116,11 @@ pub fn backend(s: &Settings, root: &Path) -> Box<dyn BootBackend> {
             scratch: s.state_dir.join("tmp"),
             fw_setenv: "fw_setenv".into(),
         }),
+        BootBackendKind::Tryboot => Box::new(crate::boot::tryboot::Tryboot {
+            boot_dir: s.boot_dir.clone(),
+            partitions: s.boot_partitions.clone(),
+            cmdline: root.join("proc/cmdline"),
+        }),
         BootBackendKind::Fake => Box::new(Fake {
             state_file: s.fake_state.clone().unwrap_or_else(|| s.state_dir.join("fake-boot.json")),
             boot_dir: s.boot_dir.clone(),
@@ -593,6 +598,7 @@ impl Agent {
             target,
             boot_id: state::boot_id(&self.root),
             staged_at: state::now(),
+            reboot_started: false,
         };
         event(&mut p, EventKind::Installed, &rel, format!("slot {target} armed for one try"));
         self.dir.save(&p)?;
@@ -607,10 +613,22 @@ impl Agent {
         self.sync_tpm_floor(&p);
         let booted = self.boot.booted_slot()?;
         let msg = match p.state.clone() {
-            State::Staged { manifest, target, boot_id, .. } => {
+            State::Staged { manifest, target, boot_id, staged_at, reboot_started } => {
                 let rel = ReleaseRef::of(&manifest);
                 if boot_id == state::boot_id(&self.root) {
                     format!("{rel} staged in slot {target}, waiting for the reboot")
+                } else if booted != target && !reboot_started && self.boot.trial_reboot_arg().is_some() {
+                    // The trial is armed by the reboot itself, and this boot was not that
+                    // reboot (a power cut, or someone else's reboot): still staged.
+                    p.state = State::Staged {
+                        manifest,
+                        target,
+                        boot_id: state::boot_id(&self.root),
+                        staged_at,
+                        reboot_started,
+                    };
+                    self.dir.save(&p)?;
+                    format!("{rel} staged in slot {target}; the reboot into it did not happen, so it is still to come")
                 } else if booted == target {
                     if self.boot.is_trial()? {
                         format!("trial boot of {rel} in slot {target}: health checks decide")
@@ -725,9 +743,14 @@ impl Agent {
         }
         let rel = ReleaseRef::of(&manifest);
         event(&mut p, EventKind::Trying, &rel, format!("rebooting into slot {target}"));
+        if let State::Staged { reboot_started, .. } = &mut p.state {
+            *reboot_started = true;
+        }
         self.dir.save(&p)?;
         self.dir.log("rebooting", &format!("into slot {target} to try {rel}"));
-        let cmd = &self.settings.reboot_command;
+        let mut cmd = self.settings.reboot_command.clone();
+        // Tryboot: `systemctl reboot "0 tryboot"` passes the flag to the firmware.
+        cmd.extend(self.boot.trial_reboot_arg().map(String::from));
         let status = std::process::Command::new(&cmd[0])
             .args(&cmd[1..])
             .status()

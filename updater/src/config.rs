@@ -73,6 +73,9 @@ pub struct SlotsFragment {
     pub root_b: Option<PathBuf>,
     pub verity_a: Option<PathBuf>,
     pub verity_b: Option<PathBuf>,
+    /// Each slot's boot partition (tryboot boards).
+    pub boot_a: Option<PathBuf>,
+    pub boot_b: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -129,7 +132,7 @@ impl Fragment {
         }
         if let Some(s) = &o.slots {
             let m = self.slots.get_or_insert_with(Default::default);
-            merge_opt!(m, s, root_a, root_b, verity_a, verity_b);
+            merge_opt!(m, s, root_a, root_b, verity_a, verity_b, boot_a, boot_b);
         }
         if let Some(r) = &o.reboot {
             let m = self.reboot.get_or_insert_with(Default::default);
@@ -146,6 +149,7 @@ impl Fragment {
 pub enum BootBackendKind {
     SystemdBoot,
     UBoot,
+    Tryboot,
     Fake,
 }
 
@@ -187,6 +191,8 @@ pub struct Settings {
     pub fake_state: Option<PathBuf>,
     pub root: BTreeMap<edgeimg_proto::Slot, PathBuf>,
     pub verity: BTreeMap<edgeimg_proto::Slot, PathBuf>,
+    /// Each slot's own boot partition (tryboot boards).
+    pub boot_partitions: [PathBuf; 2],
     pub reboot_policy: RebootPolicy,
     pub reboot_window: Option<(u32, u32)>,
     pub drain: bool,
@@ -267,10 +273,11 @@ fn settings(f: Fragment, root: &Path) -> Result<Settings, ConfigError> {
     let backend = match boot.backend.as_deref().unwrap_or("systemd-boot") {
         "systemd-boot" => BootBackendKind::SystemdBoot,
         "u-boot" => BootBackendKind::UBoot,
+        "tryboot" => BootBackendKind::Tryboot,
         "fake" => BootBackendKind::Fake,
         other => {
             return Err(ConfigError::Invalid(format!(
-                "boot.backend = \"{other}\": known backends are systemd-boot, u-boot, fake"
+                "boot.backend = \"{other}\": known backends are systemd-boot, u-boot, tryboot, fake"
             )))
         }
     };
@@ -288,6 +295,10 @@ fn settings(f: Fragment, root: &Path) -> Result<Settings, ConfigError> {
         (Slot::A, slots.verity_a.clone().unwrap_or_else(|| part(Slot::A, true))),
         (Slot::B, slots.verity_b.clone().unwrap_or_else(|| part(Slot::B, true))),
     ]);
+    let boot_part = |v: &Option<PathBuf>, s: Slot| {
+        v.clone().unwrap_or_else(|| at(&format!("/dev/disk/by-partlabel/{}", edgeimg_proto::tryboot::boot_label(s))))
+    };
+    let boot_partitions = [boot_part(&slots.boot_a, Slot::A), boot_part(&slots.boot_b, Slot::B)];
     let reboot = f.reboot.clone().unwrap_or_default();
     let health = f.health.clone().unwrap_or_default();
     let window = |key: &str, v: &Option<String>| -> Result<Option<(u32, u32)>, ConfigError> {
@@ -342,6 +353,7 @@ fn settings(f: Fragment, root: &Path) -> Result<Settings, ConfigError> {
         fake_state: boot.fake_state.clone(),
         root: root_map,
         verity: verity_map,
+        boot_partitions,
         reboot_policy: match reboot.policy.as_deref().unwrap_or("auto") {
             "auto" => RebootPolicy::Auto,
             "manual" => RebootPolicy::Manual,

@@ -75,6 +75,11 @@ pub enum State {
         target: Slot,
         boot_id: String,
         staged_at: i64,
+        /// The reboot into the trial was started (persisted just before it). Tells a power
+        /// cut before the reboot from a failed trial, for loaders whose trial is armed by
+        /// the reboot itself (tryboot).
+        #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+        reboot_started: bool,
     },
     /// The release failed its trial; the device is (or will be, after the reboot) back on
     /// the other slot.

@@ -3,6 +3,7 @@
 
 pub mod fake;
 pub mod systemd_boot;
+pub mod tryboot;
 pub mod uboot;
 
 use std::path::{Path, PathBuf};
@@ -61,6 +62,14 @@ pub trait BootBackend: Send {
     /// Make a good slot the default again (operator rollback).
     fn set_default(&self, slot: Slot) -> Result<(), BootError>;
     fn status(&self) -> Result<Vec<SlotStatus>, BootError>;
+    /// The argument the reboot into a trial must pass to `reboot(2)` (`systemctl reboot
+    /// ARG`), when the loader's trial is armed by the reboot itself rather than by state
+    /// written at staging (Raspberry Pi tryboot: `0 tryboot`). Such a trial does not
+    /// survive a power cut before the reboot: the updater then stays staged and reboots
+    /// again, instead of counting a fallback.
+    fn trial_reboot_arg(&self) -> Option<&'static str> {
+        None
+    }
 }
 
 /// `edgeimg.slot=` from a kernel command line file.
