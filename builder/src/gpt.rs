@@ -89,6 +89,8 @@ impl serde::Serialize for Guid {
 pub mod types {
     pub const ESP: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
     pub const LINUX_DATA: &str = "0FC63DAF-8483-4772-8E79-3D69D8477DE4";
+    /// A FAT partition that is not the ESP (a Raspberry Pi slot's boot partition).
+    pub const MS_BASIC_DATA: &str = "EBD0A0A2-B9E5-4433-87C0-68B6B72699C7";
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]

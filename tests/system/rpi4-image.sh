@@ -184,4 +184,92 @@ expect verity-roothash "$roothash" "$L"
 expect data-writable yes "$L"
 expect uboot-state "boot_slot=a,bootcount=0,bootlimit=1,upgrade_available=0," "$L"
 rm -f "$T/sd.img"
+
+log "the tryboot layout (boards/rpi4-tryboot.toml's, with Debian's kernel) from the same cached trees"
+# Raspberry Pi's kernel repository is out of reach here, so this board is rpi4-tryboot with
+# Debian's kernel and rpi4's firmware packages and initrd drivers: its base tree and board
+# layer are then the ones the rpi4 build above made (libubootenv-tool, which only U-Boot
+# boards install, is added to the recipe for the same reason), and the build shows the
+# tryboot partitions, autoboot.txt, each slot's boot partition and the update payload.
+mkdir -p "$T/boards"
+cat >"$T/boards/rpi4-tryboot-debian.toml" <<'BOARD'
+name = "rpi4-tryboot-debian"
+arch = "arm64"
+[boot]
+backend = "tryboot"
+[[boot.files]]
+from = "/usr/lib/raspi-firmware/start4.elf"
+to = "/"
+[[boot.files]]
+from = "/usr/lib/raspi-firmware/fixup4.dat"
+to = "/"
+[[boot.files]]
+from = "/usr/lib/linux-image-*/broadcom/bcm2711-*.dtb"
+to = "/"
+[boot.write]
+"/config.txt" = "arm_64bit=1\nenable_uart=1\nupstream_kernel=1\n"
+[kernel]
+console = "ttyS1,115200"
+initrd_drivers = ["mmc_block", "sdhci_iproc", "bcm2835_mmc", "usb_storage", "uas", "xhci_pci", "pcie_brcmstb", "reset_raspberrypi", "broadcom"]
+[firmware]
+packages = ["raspi-firmware", "u-boot-rpi", "firmware-brcm80211"]
+components = ["non-free-firmware"]
+[disk]
+esp_mib = 64
+boot_mib = 256
+root_mib = 2048
+verity_mib = 24
+data_mib = 512
+BOARD
+[ "$(grep '^initrd_drivers' "$ROOT/boards/rpi4.toml")" = "$(grep '^initrd_drivers' "$T/boards/rpi4-tryboot-debian.toml")" ] \
+    || fail "boards/rpi4.toml's initrd drivers changed: update this test's board so that it shares rpi4's board layer"
+sed 's/^packages = \["openssh-server"/packages = ["libubootenv-tool", "openssh-server"/' "$R/k3s-edge.toml" >"$R/k3s-edge-tryboot.toml"
+grep -q libubootenv-tool "$R/k3s-edge-tryboot.toml" || fail "recipes/k3s-edge.toml's packages line changed"
+t0=$(now)
+"$EDGEIMG" build --board "$T/boards/rpi4-tryboot-debian.toml" --recipe "$R/k3s-edge-tryboot.toml" --out "$OUT" --updater "$updater" \
+    >"$T/build-tryboot.log" 2>&1 || { tail -n 30 "$T/build-tryboot.log"; fail "tryboot build failed (log $T/build-tryboot.log)"; }
+B=$OUT/rpi4-tryboot-debian/k3s-edge/1.0.0
+jq -e '.debian.rootfs_cached and .debian.board_layer_cached' "$B/report.json" >/dev/null \
+    || fail "the tryboot build did not reuse rpi4's trees: $(jq -c .debian "$B/report.json")"
+ok "built in $(elapsed "$t0") s from rpi4's cached base tree and board layer"
+disk=$B/disk.img
+sgdisk -v "$disk" | grep -q "No problems found" || fail "sgdisk finds problems in the GPT"
+labels=$(sgdisk -p "$disk" | awk '/^ +[0-9]/ {printf "%s:%s ", $1, $7}')
+[ "$labels" = "1:esp 2:boot-a 3:boot-b 4:root-a 5:verity-a 6:root-b 7:verity-b 8:data " ] || fail "partitions: $labels"
+ok "sgdisk: 8 partitions; slot A boots from partition 2, slot B from 3 ($labels)"
+MTOOLS_SKIP_CHECK=1 mtype -i "$disk@@$(part_offset "$disk" esp)" ::/autoboot.txt >"$T/autoboot.txt" || fail "no autoboot.txt on partition 1"
+sed 's/#.*//' "$T/autoboot.txt" | grep -v '^$' | tr '\n' ' ' >"$T/autoboot.flat"
+[ "$(cat "$T/autoboot.flat")" = "[all] tryboot_a_b=1 boot_partition=2 [tryboot] boot_partition=3 " ] \
+    || fail "autoboot.txt: $(cat "$T/autoboot.txt")"
+ok "autoboot.txt: tryboot_a_b=1, slot A (partition 2) committed, slot B (partition 3) for a tryboot"
+rm -rf "$T/boot-a"; mkdir -p "$T/boot-a"
+MTOOLS_SKIP_CHECK=1 mcopy -s -n -i "$disk@@$(part_offset "$disk" boot-a)" '::/*' "$T/boot-a/" || fail "cannot copy boot-a out"
+for f in start4.elf fixup4.dat bcm2711-rpi-4-b.dtb config.txt vmlinuz initrd.img cmdline.txt; do
+    [ -s "$T/boot-a/$f" ] || fail "boot-a: no $f ($(ls "$T/boot-a" | tr '\n' ' '))"
+done
+for l in "kernel=vmlinuz" "initramfs initrd.img followkernel" "cmdline=cmdline.txt" "arm_64bit=1"; do
+    grep -qx "$l" "$T/boot-a/config.txt" || fail "boot-a/config.txt lacks '$l': $(cat "$T/boot-a/config.txt")"
+done
+cmp -s "$T/boot-a/vmlinuz" "$T/boot/edgeimg/slot-a/linux" && cmp -s "$T/boot-a/start4.elf" "$T/boot/start4.elf" \
+    || fail "boot-a's kernel or firmware differs from the rpi4 image's"
+ok "boot-a: Pi 4 firmware, device trees, config.txt naming the kernel, initrd and cmdline.txt beside it"
+tcmd=$(cat "$T/boot-a/cmdline.txt")
+troot=$(tr ' ' '\n' <<<"$tcmd" | sed -n 's/^roothash=//p')
+grep -qw "edgeimg.slot=a" <<<"$tcmd" && [ ${#troot} = 64 ] || fail "boot-a/cmdline.txt: $tcmd"
+part root-a "$T/root-a.img"
+part verity-a "$T/verity-a.img"
+veritysetup verify "$T/root-a.img" "$T/verity-a.img" "$troot" || fail "veritysetup rejects root-a with boot-a's root hash"
+rm -f "$T/root-a.img" "$T/verity-a.img"
+ok "veritysetup verify accepts root-a with the root hash in boot-a/cmdline.txt"
+b_off=$(part_offset "$disk" boot-b)
+[ "$(od -An -tx1 -j $((b_off + 510)) -N2 "$disk" | tr -d ' ')" != 55aa ] || fail "boot-b holds a filesystem in a fresh image"
+ok "boot-b is empty until an update writes it (a stray tryboot finds nothing to boot)"
+P=$B/payload
+jq -e '.slots.a.files == [{"artifact": "boot-a.vfat", "path": "/"}] and .slots.b.files == [{"artifact": "boot-b.vfat", "path": "/"}]
+    and ([.artifacts[].name] | sort) == ["boot-a.vfat", "boot-b.vfat", "root.img", "root.verity"]' "$P/payload.json" >/dev/null \
+    || fail "payload.json: $(jq -c '{slots, artifacts: [.artifacts[].name]}' "$P/payload.json")"
+cmp -s "$P/boot-a.vfat" <(head -c "$(stat -c %s "$P/boot-a.vfat")" <(tail -c +$(($(part_offset "$disk" boot-a) + 1)) "$disk")) \
+    || fail "partition boot-a does not start with the payload's boot-a.vfat"
+MTOOLS_SKIP_CHECK=1 mtype -i "$P/boot-b.vfat" ::/cmdline.txt | grep -qw "edgeimg.slot=b" || fail "boot-b.vfat's cmdline.txt does not boot slot B"
+ok "payload: one image per slot's boot partition (boot-a.vfat is partition 2 byte for byte; boot-b.vfat boots slot B, $(( $(stat -c %s "$P/boot-b.vfat") >> 20 )) MiB)"
 done_ok

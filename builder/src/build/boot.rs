@@ -30,8 +30,8 @@ pub enum BootError {
     Tool(#[from] ToolError),
     #[error("the root filesystem has no {0}; is the board's kernel package installed?")]
     Missing(String),
-    #[error("the boot files need {need} MiB but the boot partition has {have} MiB (disk.esp_mib in {board})")]
-    TooBig { need: u64, have: u64, board: String },
+    #[error("the boot files need {need} MiB but the boot partition has {have} MiB ({key} in {board})")]
+    TooBig { need: u64, have: u64, key: &'static str, board: String },
     #[error("making the unified kernel image: {0}")]
     Uki(#[from] super::uki::PeError),
 }
@@ -242,8 +242,15 @@ pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError>
     match input.board.boot.backend {
         BootBackend::SystemdBoot => systemd_boot_files(out, &staging, input)?,
         BootBackend::UBoot => uboot_files(out, &staging, input)?,
+        BootBackend::Tryboot => {
+            // Partition 1 holds only the firmware's A/B choice; each slot's files are on
+            // the slot's own boot partition (`tryboot_partitions`).
+            let autoboot = edgeimg_proto::tryboot::autoboot(Slot::A);
+            write_file(&staging, &format!("/{}", edgeimg_proto::tryboot::AUTOBOOT_FILE), autoboot, 0o644)?;
+            return fat_image(&out.join("esp.img"), &staging, input.board.disk.esp_mib, "ESP", input.epoch);
+        }
     }
-    board_files(&staging, input)?;
+    board_files(&staging, input.board, input.board_file, input.tree)?;
     let file_of = |artifact: &str| {
         input.boot.artifacts.iter().find(|(n, _)| n == artifact).map(|(_, p)| p.clone()).unwrap_or_default()
     };
@@ -266,30 +273,84 @@ pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError>
     let have = input.board.disk.esp_mib << 20;
     if need > have {
         return Err(BootError::TooBig {
+            key: "disk.esp_mib",
             need: need.div_ceil(1 << 20),
             have: input.board.disk.esp_mib,
             board: input.board_file.into(),
         });
     }
 
-    let img = out.join("esp.img");
-    let _ = fs::remove_file(&img);
-    fs::File::create(&img)?.set_len(have)?;
-    Cmd::new("mkfs.vfat").args(["-F", "32", "-n", "ESP", "--invariant"]).arg(&img).run()?;
-    mcopy_tree(&img, &staging, input.epoch)?;
-    fs::remove_dir_all(&staging)?;
-    Ok(img)
+    fat_image(&out.join("esp.img"), &staging, input.board.disk.esp_mib, "ESP", input.epoch)
+}
+
+/// A FAT32 image of `mib` MiB holding the staging tree (which is removed), reproducibly.
+fn fat_image(img: &Path, staging: &Path, mib: u64, label: &str, epoch: u64) -> Result<PathBuf, BootError> {
+    let _ = fs::remove_file(img);
+    fs::File::create(img)?.set_len(mib << 20)?;
+    Cmd::new("mkfs.vfat").args(["-F", "32", "-n", label, "--invariant"]).arg(img).run()?;
+    mcopy_tree(img, staging, epoch)?;
+    fs::remove_dir_all(staging)?;
+    Ok(img.to_path_buf())
+}
+
+pub struct TrybootInput<'a> {
+    pub board: &'a Board,
+    pub board_file: &'a str,
+    pub tree: &'a Path,
+    pub kernel: &'a KernelFiles,
+    pub cmdlines: &'a BTreeMap<Slot, String>,
+    pub epoch: u64,
+}
+
+/// Raspberry Pi tryboot: each slot's boot partition as a FAT image of its own (the board's
+/// firmware, device trees and config.txt, the kernel, the initrd and the slot's
+/// cmdline.txt). The images differ only in cmdline.txt. An update writes the image of its
+/// slot to that slot's boot partition, whole; the other slot's is never downloaded.
+///
+/// The image is as large as its files need (plus room for FAT and a little growth), not
+/// as large as the partition: an update downloads it.
+pub fn tryboot_partitions(work: &Path, input: &TrybootInput<'_>) -> Result<BootSet, BootError> {
+    use edgeimg_proto::tryboot::{self, CMDLINE_FILE, INITRD_FILE, KERNEL_FILE, WHOLE_PARTITION};
+    let mut set = BootSet { artifacts: Vec::new(), slots: BTreeMap::new(), uki: false };
+    for slot in Slot::ALL {
+        let staging = work.join(format!("boot-{}-staging", slot.letter()));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging)?;
+        board_files(&staging, input.board, input.board_file, input.tree)?;
+        let config = in_root(&staging, "/config.txt");
+        let mut text = fs::read_to_string(&config).unwrap_or_default();
+        text.push_str(&tryboot::config_txt_tail());
+        write_file(&staging, "/config.txt", text, 0o644)?;
+        fs::copy(&input.kernel.kernel, in_root(&staging, &format!("/{KERNEL_FILE}")))?;
+        fs::copy(&input.kernel.initrd, in_root(&staging, &format!("/{INITRD_FILE}")))?;
+        write_file(&staging, &format!("/{CMDLINE_FILE}"), format!("{}\n", input.cmdlines[&slot]), 0o644)?;
+        clamp_mtimes(&staging, input.epoch as i64)?;
+
+        let used = crate::fsutil::tree_size(&staging)?;
+        // FAT32 needs 65525 clusters (32 MiB of 512-byte clusters) at the least.
+        let mib = ((used * 11 / 10) >> 20).max(60) + 4;
+        let have = input.board.disk.boot_mib;
+        if mib > have {
+            return Err(BootError::TooBig { need: mib, have, key: "disk.boot_mib", board: input.board_file.into() });
+        }
+        let name = format!("{}.vfat", tryboot::boot_label(slot));
+        let label = format!("BOOT-{}", slot.letter().to_uppercase());
+        let img = fat_image(&work.join(&name), &staging, mib, &label, input.epoch)?;
+        set.artifacts.push((name.clone(), img));
+        set.slots.insert(slot, vec![(name, WHOLE_PARTITION.to_string())]);
+    }
+    Ok(set)
 }
 
 /// The board's own boot files: copies from the root tree (firmware, loader, device trees)
 /// and files written as given (e.g. config.txt).
-fn board_files(staging: &Path, input: &EspInput<'_>) -> Result<(), BootError> {
-    for f in &input.board.boot.files {
-        let matches = glob_tree(input.tree, &f.from)?;
+fn board_files(staging: &Path, board: &Board, board_file: &str, tree: &Path) -> Result<(), BootError> {
+    for f in &board.boot.files {
+        let matches = glob_tree(tree, &f.from)?;
         if matches.is_empty() {
             return Err(BootError::Missing(format!(
                 "{} (boot.files in {}: is the package that has it in firmware.packages?)",
-                f.from, input.board_file
+                f.from, board_file
             )));
         }
         let into_dir = f.to.ends_with('/');
@@ -307,7 +368,7 @@ fn board_files(staging: &Path, input: &EspInput<'_>) -> Result<(), BootError> {
             write_file(staging, &dest, fs::read(&m)?, 0o644)?;
         }
     }
-    for (path, content) in &input.board.boot.write {
+    for (path, content) in &board.boot.write {
         write_file(staging, path, content, 0o644)?;
     }
     Ok(())

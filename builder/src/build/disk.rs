@@ -9,9 +9,10 @@ use edgeimg_proto::slot::{DATA_LABEL, ESP_LABEL};
 use edgeimg_proto::Slot;
 
 use super::boot::partition_guid;
-use crate::config::Board;
+use crate::config::{Board, BootBackend};
 use crate::gpt::{self, Guid, Partition, Table};
 use crate::tools::{Cmd, ToolError};
+use edgeimg_proto::tryboot;
 
 const MIB: u64 = 1 << 20;
 const MIB_SECTORS: u64 = MIB / gpt::SECTOR;
@@ -33,6 +34,12 @@ pub fn layout(board: &Board) -> Table {
     let (root_t, verity_t) = board.arch.root_type_guids();
     let d = &board.disk;
     let mut parts: Vec<(String, &str, u64)> = vec![(ESP_LABEL.into(), gpt::types::ESP, d.esp_mib)];
+    if board.boot.backend == BootBackend::Tryboot {
+        // Partitions 2 and 3, as autoboot.txt names them (edgeimg_proto::tryboot).
+        for s in Slot::ALL {
+            parts.push((tryboot::boot_label(s), gpt::types::MS_BASIC_DATA, d.boot_mib));
+        }
+    }
     for s in Slot::ALL {
         parts.push((s.root_label(), root_t, d.root_mib));
         parts.push((s.verity_label(), verity_t, d.verity_mib));
@@ -157,6 +164,25 @@ pub fn assemble(path: &Path, table: &Table, contents: &[(&str, &Path)]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn tryboot_boards_put_each_slots_boot_partition_where_autoboot_txt_says() {
+        for name in ["rpi5", "rpi4-tryboot"] {
+            let (board, _) = crate::config::load_board(name, Some(Path::new("/nonexistent"))).unwrap();
+            let t = layout(&board);
+            let labels: Vec<&str> = t.partitions.iter().map(|p| p.label.as_str()).collect();
+            assert_eq!(labels, ["esp", "boot-a", "boot-b", "root-a", "verity-a", "root-b", "verity-b", "data"]);
+            for slot in Slot::ALL {
+                // GPT partition numbers count from 1.
+                let n = t.partitions.iter().position(|p| p.label == tryboot::boot_label(slot)).unwrap() as u32 + 1;
+                assert_eq!(n, tryboot::partition_of(slot), "{name}: autoboot.txt names partition {n}");
+                assert_eq!(t.partitions[n as usize - 1].size(), board.disk.boot_mib << 20);
+            }
+            assert_eq!(t.partitions[0].type_guid.to_string().to_uppercase(), gpt::types::ESP);
+        }
+        let (uboot, _) = crate::config::load_board("rpi4", Some(Path::new("/nonexistent"))).unwrap();
+        assert_eq!(layout(&uboot).partitions.len(), 6, "U-Boot boards keep one boot partition");
+    }
 
     #[test]
     fn copy_sparse_keeps_holes_and_bytes() {

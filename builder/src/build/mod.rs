@@ -201,6 +201,14 @@ pub fn build(opts: &BuildOptions, rep: &dyn Reporter) -> Result<Built, BuildErro
         None => recipe.recipe.image.version.clone(),
     };
     tools::require(&required_tools())?;
+    if let Some((i, s)) = board.apt.sources.iter().enumerate().find(|(_, s)| s.missing_host_key().is_some()) {
+        return Err(BuildError::Unsupported(format!(
+            "board {}: apt.sources[{i}].key is {}, which this machine does not have. The board installs \
+             packages from {} {}, signed by that key: install the vendor's keyring package or download the key to \
+             that path, and check its fingerprint against the one the vendor publishes",
+            board.name, s.key, s.url, s.suite
+        )));
+    }
     if recipe.recipe.secure_boot.is_some() {
         if board.boot.backend != config::BootBackend::SystemdBoot {
             return Err(BuildError::Unsupported(format!(
@@ -420,7 +428,20 @@ impl Ctx<'_> {
         let cmdlines: BTreeMap<Slot, String> =
             Slot::ALL.iter().map(|&s| (s, boot::cmdline(board, s, &root.roothash))).collect();
         let secure_boot = recipe.secure_boot.as_ref().map(|sb| (sb, self.recipe.dir.as_path()));
-        let boot_set = boot::boot_set(&work, base, board, &kernel, &cmdlines, &os_release, secure_boot)?;
+        let boot_set = match board.boot.backend {
+            config::BootBackend::Tryboot => boot::tryboot_partitions(
+                &work,
+                &boot::TrybootInput {
+                    board,
+                    board_file: &board_file,
+                    tree: base,
+                    kernel: &kernel,
+                    cmdlines: &cmdlines,
+                    epoch,
+                },
+            )?,
+            _ => boot::boot_set(&work, base, board, &kernel, &cmdlines, &os_release, secure_boot)?,
+        };
         let esp = boot::esp_image(
             &work,
             &boot::EspInput {
@@ -437,16 +458,17 @@ impl Ctx<'_> {
         let data = disk::data_image(&work, board, epoch)?;
         let table = disk::layout(board);
         let disk_img = self.staging.join("disk.img");
-        disk::assemble(
-            &disk_img,
-            &table,
-            &[
-                (ESP_LABEL, &esp),
-                (&Slot::A.root_label(), &root.image),
-                (&Slot::A.verity_label(), &root.verity),
-                (DATA_LABEL, &data),
-            ],
-        )?;
+        let (root_a, verity_a) = (Slot::A.root_label(), Slot::A.verity_label());
+        let mut contents: Vec<(&str, &Path)> =
+            vec![(ESP_LABEL, &esp), (&root_a, &root.image), (&verity_a, &root.verity), (DATA_LABEL, &data)];
+        // Tryboot: slot A's own boot partition (slot B's stays empty until an update).
+        let boot_a = edgeimg_proto::tryboot::boot_label(Slot::A);
+        if board.boot.backend == config::BootBackend::Tryboot {
+            let name = &boot_set.slots[&Slot::A][0].0;
+            let (_, img) = boot_set.artifacts.iter().find(|(n, _)| n == name).expect("tryboot_partitions made it");
+            contents.push((&boot_a, img));
+        }
+        disk::assemble(&disk_img, &table, &contents)?;
         timings.insert(
             "disk",
             rep.finish("disk", t, format!("{} MiB, {} partitions", table.size_bytes >> 20, table.partitions.len())),

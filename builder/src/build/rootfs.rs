@@ -170,6 +170,8 @@ fn base_packages(board: &Board) -> Vec<&'static str> {
         BootBackend::SystemdBoot => v.extend(["systemd-boot", "systemd-boot-efi"]),
         // fw_printenv/fw_setenv: the updater reads and writes the boot state with them.
         BootBackend::UBoot => v.push("libubootenv-tool"),
+        // The updater rewrites autoboot.txt and writes boot partitions itself.
+        BootBackend::Tryboot => {}
     }
     v
 }
@@ -540,6 +542,24 @@ mod tests {
         // A new mirror state is a new base tree, and so a new layer.
         let newer = spec(&virt, &recipe, "s".into(), 1);
         assert_ne!(board_layer_spec(&virt, &newer).key(), lv.key());
+    }
+
+    #[test]
+    fn raspberry_pi_kernel_boards_take_their_kernel_from_raspberry_pis_repository() {
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let recipe = crate::config::load_recipe(Path::new(&format!("{dir}/../recipes/k3s-edge.toml"))).unwrap();
+        for (name, kernel) in [("rpi5", "linux-image-rpi-2712"), ("rpi4-tryboot", "linux-image-rpi-v8")] {
+            let s = spec(&board(name), &recipe, "r".into(), 1);
+            assert!(s.packages.iter().any(|p| p == kernel), "{name}: {:?}", s.packages);
+            assert!(!s.packages.iter().any(|p| p == "linux-image-arm64" || p == "libubootenv-tool"), "{name}");
+            let [src] = s.sources.as_slice() else { panic!("{name}: {:?}", s.sources) };
+            assert_eq!((src.url.as_str(), src.suite.as_str()), ("http://archive.raspberrypi.com/debian", "trixie"));
+        }
+        // Their base trees are their own (another kernel), unlike rpi4's.
+        assert_ne!(
+            spec(&board("rpi5"), &recipe, "r".into(), 1).key(),
+            spec(&board("rpi4"), &recipe, "r".into(), 1).key()
+        );
     }
 
     #[test]

@@ -47,9 +47,10 @@ pub struct AptSource {
     pub components: Vec<String>,
     /// The OpenPGP public key that signs the repository's InRelease: a file (binary or
     /// ASCII-armored; relative paths are relative to the board file) or the armored key
-    /// itself.
+    /// itself. An absolute path is a keyring installed on the build host (e.g. by the
+    /// vendor's keyring package); it need only exist when the board is built.
     pub key: String,
-    /// The key as read when the board was loaded.
+    /// The key as read when the board was loaded (empty: a host keyring not installed).
     #[serde(skip)]
     pub key_bytes: Vec<u8>,
 }
@@ -57,6 +58,11 @@ pub struct AptSource {
 const ARMORED_KEY: &str = "-----BEGIN PGP PUBLIC KEY BLOCK-----";
 
 impl AptSource {
+    /// A key on the build host that is not there: building needs it.
+    pub fn missing_host_key(&self) -> Option<&str> {
+        self.key_bytes.is_empty().then_some(self.key.as_str())
+    }
+
     /// Is the key ASCII-armored (apt wants such a file to end in `.asc`)?
     pub fn key_is_armored(&self) -> bool {
         self.key_bytes.starts_with(ARMORED_KEY.as_bytes())
@@ -137,8 +143,19 @@ pub struct BootFileCopy {
 }
 
 /// Paths on the boot partition that edgeimg itself writes: boards may not claim them.
-pub const RESERVED_BOOT_PATHS: [&str; 7] =
-    ["/edgeimg", "/loader", "/EFI", "/boot.scr", "/boot.cmd", "/uboot.env", "/uboot-redund.env"];
+pub const RESERVED_BOOT_PATHS: [&str; 11] = [
+    "/edgeimg",
+    "/loader",
+    "/EFI",
+    "/boot.scr",
+    "/boot.cmd",
+    "/uboot.env",
+    "/uboot-redund.env",
+    "/autoboot.txt",
+    "/cmdline.txt",
+    "/vmlinuz",
+    "/initrd.img",
+];
 
 fn default_tries() -> u32 {
     1
@@ -153,6 +170,10 @@ pub enum BootBackend {
     /// `uboot.env` on the boot partition, which Linux reaches with `fw_setenv` (qemu-arm64,
     /// Raspberry Pi 4 with Debian's kernel).
     UBoot,
+    /// The Raspberry Pi firmware's own A/B (`autoboot.txt` with `tryboot_a_b=1`): each slot
+    /// has a boot partition of its own and is tried once after `reboot "0 tryboot"`. Needs
+    /// Raspberry Pi's kernel (Debian's cannot ask the firmware for a tryboot).
+    Tryboot,
 }
 
 impl BootBackend {
@@ -160,6 +181,7 @@ impl BootBackend {
         match self {
             BootBackend::SystemdBoot => "systemd-boot",
             BootBackend::UBoot => "u-boot",
+            BootBackend::Tryboot => "tryboot",
         }
     }
 }
@@ -195,9 +217,14 @@ pub struct Firmware {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Disk {
-    /// EFI system partition (holds the loader and each slot's kernel + initrd).
+    /// EFI system partition (holds the loader and each slot's kernel + initrd). With
+    /// `boot.backend = "tryboot"` it holds only autoboot.txt.
     #[serde(default = "default_esp")]
     pub esp_mib: u64,
+    /// Each slot's own boot partition (firmware, device trees, kernel, initrd): only with
+    /// `boot.backend = "tryboot"`, which needs it.
+    #[serde(default)]
+    pub boot_mib: u64,
     /// Each root slot (A and B).
     #[serde(default = "default_root")]
     pub root_mib: u64,
@@ -232,6 +259,7 @@ impl Default for Disk {
     fn default() -> Self {
         Self {
             esp_mib: default_esp(),
+            boot_mib: 0,
             root_mib: default_root(),
             verity_mib: default_verity(),
             data_mib: default_data(),
@@ -277,6 +305,35 @@ impl Board {
         }
         if self.boot.tries == 0 || self.boot.tries > 9 {
             return Err(src.error_at("boot.tries", "must be between 1 and 9"));
+        }
+        if self.boot.backend == BootBackend::Tryboot {
+            if self.boot.tries != 1 {
+                return Err(src.error_at(
+                    "boot.tries",
+                    "the firmware tries a slot exactly once with tryboot: set tries = 1 (or leave it out)",
+                ));
+            }
+            if self.arch != Arch::Arm64 {
+                return Err(
+                    src.error_at("boot.backend", "tryboot is the Raspberry Pi firmware's: use arch = \"arm64\"")
+                );
+            }
+            if d.boot_mib < 64 {
+                return Err(src.error_at(
+                    "disk.boot_mib",
+                    "tryboot gives each slot a boot partition of its own: set boot_mib to at least 64 \
+                     (firmware, device trees, kernel and initrd; 256 is safe)",
+                ));
+            }
+        } else if d.boot_mib != 0 {
+            return Err(src.error_at(
+                "disk.boot_mib",
+                format!(
+                    "only boot.backend = \"tryboot\" has a boot partition per slot; with {} the slots share \
+                     the ESP (disk.esp_mib): remove boot_mib",
+                    self.boot.backend.name()
+                ),
+            ));
         }
         let boot_path = |key: &str, p: &str| -> Result<(), ConfigError> {
             if !p.starts_with('/') || p.split('/').any(|c| c == "..") {
@@ -339,6 +396,10 @@ fn read_key(src: &Source, at: &str, key: &str) -> Result<Vec<u8>, ConfigError> {
         return Ok(key.trim_start().as_bytes().to_vec());
     }
     let path = src.path.parent().unwrap_or(std::path::Path::new(".")).join(key);
+    if path.is_absolute() && key.starts_with('/') && !path.exists() {
+        // A keyring the build host provides; `edgeimg build` says how to get it.
+        return Ok(Vec::new());
+    }
     let bytes = std::fs::read(&path).map_err(|e| {
         src.error_at(
             at,
@@ -392,8 +453,49 @@ mod tests {
         .unwrap();
         let (a, b) = (&b.apt.sources[0], &b.apt.sources[1]);
         assert_eq!((a.key_bytes.as_slice(), a.key_is_armored()), (&[0x99, 0x01, 0x0d][..], false));
+        assert!(a.missing_host_key().is_none() && b.missing_host_key().is_none());
         assert_eq!(a.components, ["main"]);
         assert!(b.key_is_armored() && b.key_bytes.ends_with(b"-----END PGP PUBLIC KEY BLOCK-----\n"));
+    }
+
+    #[test]
+    fn a_host_keyring_may_be_missing_until_the_build() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = load(
+            dir.path(),
+            "[[apt.sources]]\nurl = \"http://archive.raspberrypi.com/debian\"\nsuite = \"trixie\"\n\
+             key = \"/usr/share/keyrings/edgeimg-test-no-such-keyring.gpg\"\n",
+        )
+        .unwrap();
+        assert_eq!(b.apt.sources[0].missing_host_key(), Some("/usr/share/keyrings/edgeimg-test-no-such-keyring.gpg"));
+        // A relative path is the board author's file: missing is an error at once.
+        let e = load(dir.path(), "[[apt.sources]]\nurl = \"http://x.example\"\nsuite = \"s\"\nkey = \"k.gpg\"\n");
+        assert!(e.unwrap_err().to_string().contains("cannot read the key file"));
+    }
+
+    #[test]
+    fn tryboot_needs_a_boot_partition_per_slot_and_one_try() {
+        let dir = tempfile::tempdir().unwrap();
+        let board = |text: &str| {
+            let path = dir.path().join("pi.toml");
+            std::fs::write(&path, format!("name = \"pi\"\narch = \"arm64\"\n{text}")).unwrap();
+            Board::load(&Source::read(&path).unwrap())
+        };
+        let ok = board("[boot]\nbackend = \"tryboot\"\n[disk]\nboot_mib = 256\n").unwrap();
+        assert_eq!((ok.boot.backend.name(), ok.boot.tries, ok.disk.boot_mib), ("tryboot", 1, 256));
+        for (text, key, want) in [
+            ("[boot]\nbackend = \"tryboot\"\n", "disk.boot_mib", "at least 64"),
+            ("[boot]\nbackend = \"tryboot\"\ntries = 2\n[disk]\nboot_mib = 256\n", "boot.tries", "exactly once"),
+            ("[boot]\nbackend = \"u-boot\"\n[disk]\nboot_mib = 256\n", "disk.boot_mib", "remove boot_mib"),
+            (
+                "[boot]\nbackend = \"tryboot\"\n[boot.write]\n\"/cmdline.txt\" = \"x\"\n[disk]\nboot_mib = 256\n",
+                "boot.write.\"/cmdline.txt\"",
+                "belongs to edgeimg",
+            ),
+        ] {
+            let e = board(text).unwrap_err().to_string();
+            assert!(e.contains(key) && e.contains(want), "{text}: {e}");
+        }
     }
 
     #[test]

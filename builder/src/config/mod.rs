@@ -26,6 +26,8 @@ pub const BUILTIN_BOARDS: &[(&str, &str)] = &[
     ("nuc", include_str!("../../../boards/nuc.toml")),
     ("qemu-arm64", include_str!("../../../boards/qemu-arm64.toml")),
     ("rpi4", include_str!("../../../boards/rpi4.toml")),
+    ("rpi4-tryboot", include_str!("../../../boards/rpi4-tryboot.toml")),
+    ("rpi5", include_str!("../../../boards/rpi5.toml")),
 ];
 
 /// Find a board by name (in `boards_dir`, then the built-in set) or by path.
