@@ -63,13 +63,13 @@ impl Pi {
         let r = &dev.root;
         std::fs::write(r.join("efi").join(tryboot::AUTOBOOT_FILE), tryboot::autoboot(Slot::A)).unwrap();
         for s in Slot::ALL {
-            std::fs::File::create(self_part(r, s)).unwrap().set_len(PART).unwrap();
+            std::fs::File::create(part_file(r, s)).unwrap().set_len(PART).unwrap();
         }
         // As flashed: slot A's boot partition holds the first release's image, B's is empty.
         let img = std::fs::read(first.join("payload/boot-a.vfat")).unwrap();
-        let mut a = std::fs::read(self_part(r, Slot::A)).unwrap();
+        let mut a = std::fs::read(part_file(r, Slot::A)).unwrap();
         a[..img.len()].copy_from_slice(&img);
-        std::fs::write(self_part(r, Slot::A), a).unwrap();
+        std::fs::write(part_file(r, Slot::A), a).unwrap();
 
         let cfg = std::fs::read_to_string(&dev.config).unwrap();
         let cfg = cfg
@@ -85,8 +85,8 @@ impl Pi {
                 "[slots]\n",
                 &format!(
                     "[slots]\nboot_a = \"{}\"\nboot_b = \"{}\"\n",
-                    self_part(r, Slot::A).display(),
-                    self_part(r, Slot::B).display()
+                    part_file(r, Slot::A).display(),
+                    part_file(r, Slot::B).display()
                 ),
             );
         assert!(cfg.contains("\"tryboot\"") && cfg.contains("boot_a") && cfg.contains("reboot-arg"), "{cfg}");
@@ -95,7 +95,7 @@ impl Pi {
     }
 
     fn part(&self, s: Slot) -> Vec<u8> {
-        std::fs::read(self_part(&self.dev.root, s)).unwrap()
+        std::fs::read(part_file(&self.dev.root, s)).unwrap()
     }
 
     fn autoboot(&self) -> tryboot::Autoboot {
@@ -131,8 +131,16 @@ impl Pi {
     }
 }
 
-fn self_part(root: &Path, s: Slot) -> PathBuf {
+fn part_file(root: &Path, s: Slot) -> PathBuf {
     root.join(format!("slots/{}", tryboot::boot_label(s)))
+}
+
+/// Build, publish and roll out `version` to the whole fleet.
+async fn ship(e: &Fleet, version: &str) -> PathBuf {
+    let b = tryboot_build(&e.dir, version);
+    publish_build(&e.repo, &e.keys, &b, 1).await;
+    set_channel(&e.repo, &e.keys, BOARD, version, 100, false).await;
+    b
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -140,20 +148,16 @@ async fn tryboot_stage_power_cut_try_commit_and_roll_back() {
     let d = tempfile::tempdir().unwrap();
     let keys = keyset(&d.path().join("keys")).await;
     let repo = edgeimg_release::Repo::new(d.path().join("repo"));
-    let b1 = tryboot_build(d.path(), "1.0.0");
-    publish_build(&repo, &keys, &b1, 1).await;
-    set_channel(&repo, &keys, BOARD, "1.0.0", 100, false).await;
+    std::fs::create_dir_all(&repo.dir).unwrap();
     let server = server::start(repo.dir.clone());
-    let dir = d.path().to_path_buf();
-    let e = Fleet { _d: d, dir: dir.clone(), keys, repo, server };
+    let e = Fleet { dir: d.path().to_path_buf(), _d: d, keys, repo, server };
+    let b1 = ship(&e, "1.0.0").await;
     let pi = Pi::new(&e, &b1);
     let slot_a = pi.part(Slot::A);
     assert!(pi.dev.ok(&["run", "--once"]).contains("up to date"));
 
     // 2.0.0 is staged: only slot B's image is downloaded and written; nothing else changes.
-    let b2 = tryboot_build(&dir, "2.0.0");
-    publish_build(&e.repo, &e.keys, &b2, 1).await;
-    set_channel(&e.repo, &e.keys, BOARD, "2.0.0", 100, false).await;
+    let b2 = ship(&e, "2.0.0").await;
     let out = pi.dev.ok(&["run", "--once"]);
     assert!(out.contains("staged"), "{out}");
     let want = std::fs::read(b2.join("payload/boot-b.vfat")).unwrap();
@@ -183,9 +187,7 @@ async fn tryboot_stage_power_cut_try_commit_and_roll_back() {
     assert_eq!(pi.power_on(false), Slot::B, "B stays");
 
     // 3.0.0 fails its health check: the trial reboots without the flag, back to B.
-    let b3 = tryboot_build(&dir, "3.0.0");
-    publish_build(&e.repo, &e.keys, &b3, 1).await;
-    set_channel(&e.repo, &e.keys, BOARD, "3.0.0", 100, false).await;
+    let b3 = ship(&e, "3.0.0").await;
     pi.dev.set_health("false");
     pi.dev.ok(&["run", "--once"]);
     assert_eq!(pi.take_reboot_arg().as_deref(), Some("0 tryboot"));
@@ -202,9 +204,7 @@ async fn tryboot_stage_power_cut_try_commit_and_roll_back() {
 
     // 4.0.0's trial panics before userspace: the watchdog reset has no flag, B boots, and
     // the release counts as failed (its reboot had started).
-    let b4 = tryboot_build(&dir, "4.0.0");
-    publish_build(&e.repo, &e.keys, &b4, 1).await;
-    set_channel(&e.repo, &e.keys, BOARD, "4.0.0", 100, false).await;
+    ship(&e, "4.0.0").await;
     pi.dev.set_health("true");
     pi.dev.ok(&["run", "--once"]);
     assert_eq!(pi.take_reboot_arg().as_deref(), Some("0 tryboot"));
