@@ -20,6 +20,7 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use edgeimg_proto::tryboot::{self, Autoboot, AUTOBOOT_FILE, WHOLE_PARTITION};
@@ -105,8 +106,11 @@ impl Tryboot {
         dst.sync_all().map_err(io(dev))?;
         drop(dst);
 
-        // Read back: what the firmware will read is what the release signed.
+        // Read back from the medium (cached pages dropped): what the firmware will read is
+        // what the release signed.
         let (mut a, mut b) = (File::open(image).map_err(io(image))?, File::open(dev).map_err(io(dev))?);
+        let _ =
+            nix::fcntl::posix_fadvise(b.as_fd(), 0, len as i64, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
         let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
         let mut left = len;
         while left > 0 {
