@@ -613,20 +613,16 @@ impl Agent {
         self.sync_tpm_floor(&p);
         let booted = self.boot.booted_slot()?;
         let msg = match p.state.clone() {
-            State::Staged { manifest, target, boot_id, staged_at, reboot_started } => {
+            State::Staged { manifest, target, boot_id, reboot_started, .. } => {
                 let rel = ReleaseRef::of(&manifest);
                 if boot_id == state::boot_id(&self.root) {
                     format!("{rel} staged in slot {target}, waiting for the reboot")
                 } else if booted != target && !reboot_started && self.boot.trial_reboot_arg().is_some() {
                     // The trial is armed by the reboot itself, and this boot was not that
                     // reboot (a power cut, or someone else's reboot): still staged.
-                    p.state = State::Staged {
-                        manifest,
-                        target,
-                        boot_id: state::boot_id(&self.root),
-                        staged_at,
-                        reboot_started,
-                    };
+                    if let State::Staged { boot_id, .. } = &mut p.state {
+                        *boot_id = state::boot_id(&self.root);
+                    }
                     self.dir.save(&p)?;
                     format!("{rel} staged in slot {target}; the reboot into it did not happen, so it is still to come")
                 } else if booted == target {

@@ -94,6 +94,12 @@ fn hash_prefix(f: &mut File, dest: &Path, len: u64) -> Result<Sha256, InstallErr
     Ok(h)
 }
 
+/// sha256 (hex) of the first `len` bytes of `path`.
+pub fn sha256_prefix(path: &Path, len: u64) -> Result<String, InstallError> {
+    let mut f = File::open(path).map_err(io(path))?;
+    Ok(hex::encode(hash_prefix(&mut f, path, len)?.finalize()))
+}
+
 /// Download `job` into its destination. `progress(offset)` is called about every 16 MiB
 /// with the number of bytes durably written (for the persisted resume point).
 pub async fn download(

@@ -20,7 +20,6 @@
 
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 
 use edgeimg_proto::tryboot::{self, Autoboot, AUTOBOOT_FILE, WHOLE_PARTITION};
@@ -106,26 +105,13 @@ impl Tryboot {
         dst.sync_all().map_err(io(dev))?;
         drop(dst);
 
-        // Read back from the medium (cached pages dropped): what the firmware will read is
+        // Read back from the medium, as the root slot is: what the firmware will read is
         // what the release signed.
-        let (mut a, mut b) = (File::open(image).map_err(io(image))?, File::open(dev).map_err(io(dev))?);
-        let _ =
-            nix::fcntl::posix_fadvise(b.as_fd(), 0, len as i64, nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED);
-        let (mut ba, mut bb) = (vec![0u8; 1 << 20], vec![0u8; 1 << 20]);
-        let mut left = len;
-        while left > 0 {
-            let n = left.min(ba.len() as u64) as usize;
-            a.read_exact(&mut ba[..n]).map_err(io(image))?;
-            b.read_exact(&mut bb[..n]).map_err(io(dev))?;
-            if ba[..n] != bb[..n] {
-                let at = len - left;
-                let _ = self.zero_head(slot);
-                return Err(BootError::State(format!(
-                    "{} read back differently from the image near byte {at}: the medium may be failing",
-                    dev.display()
-                )));
-            }
-            left -= n as u64;
+        let check = crate::install::sha256_prefix(image, len)
+            .and_then(|sha| crate::install::verify("the boot partition image", dev, len, &sha));
+        if let Err(e) = check {
+            let _ = self.zero_head(slot);
+            return Err(BootError::State(e.to_string()));
         }
         Ok(())
     }
