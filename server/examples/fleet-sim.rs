@@ -4,9 +4,9 @@
 //!                             channels in DIR/repo, the fleet token in DIR/enroll-token
 //!     fleet-sim devices URL   enrol the demo devices and send their reports
 //!
-//! The fixtures are the integration tests' own (server/tests/common).
+//! The fixtures are the integration tests' own (server/tests/it/common).
 
-#[path = "../tests/common/mod.rs"]
+#[path = "../tests/it/common/mod.rs"]
 mod common;
 
 use std::path::PathBuf;

@@ -297,7 +297,7 @@ if [ "${E2E_POWERCUT:-1}" = 1 ]; then
     log "v4 with a power cut in the middle of writing it"
     n=$(grep -ac "root.img: .* written and synced" "$L1" || true) # progress lines of v2 and v3
     # Published without deltas: this power cut lands in a full download (cuts while a slot
-    # is rebuilt from a delta are tested in updater/tests/delta.rs).
+    # is rebuilt from a delta are tested in updater/tests/it/delta.rs).
     publish 4.0.0 --deltas 0
     "$EDGEIMG" rollout stable --repo "$T/repo" --keys "$T/keys" --board qemu-x86_64 --release 4.0.0 --percent 100 --resume \
         >>"$T/rollout.log" 2>&1 || { cat "$T/rollout.log"; fail "resume failed"; }

@@ -1,6 +1,6 @@
 //! The device's TUF client against repositories written by edgeimg-release (tough).
 
-mod common;
+use crate::common;
 
 use common::*;
 use edgeimg_proto::channel::{channel_target, Channel};

@@ -1,7 +1,7 @@
 //! The dashboard, rendered by headless Chromium: a screenshot (target/tmp/dashboard.png)
 //! and assertions on the DOM Chromium built from the page.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

@@ -3,7 +3,7 @@
 //! exactly when its bucket allows; a pause stops new installs; failure reports make the
 //! server pause the channel by itself, which the devices see through TUF.
 
-mod common;
+use crate::common;
 
 use std::collections::BTreeSet;
 

@@ -1,7 +1,7 @@
 //! Operations: the Prometheus metrics, and the refresh timer that keeps short-lived
 //! metadata valid for strict clients.
 
-mod common;
+use crate::common;
 
 use std::time::Duration;
 

@@ -1,7 +1,7 @@
 //! Device authentication: enrollment (token, pending, approval, key change) and every way
 //! a report is refused, each with a 4xx, a reason, and no change to the fleet state.
 
-mod common;
+use crate::common;
 
 use common::*;
 use edgeimg_proto::report::{self, EventKind, MAX_BODY};

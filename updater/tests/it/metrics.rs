@@ -2,7 +2,7 @@
 //! port serve the release that runs, the update state and progress, and this boot's
 //! health results in the Prometheus text format, through an update and its commit.
 
-mod common;
+use crate::common;
 
 use std::io::{Read, Write};
 use std::time::{Duration, Instant};

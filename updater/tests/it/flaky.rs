@@ -1,7 +1,7 @@
 //! A link that drops the connection every 512 KiB: the update still completes, resuming
 //! with HTTP Range, and almost nothing is downloaded twice.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 

@@ -2,7 +2,7 @@
 //! delta (or the block index), and every way that can go wrong ends with the right
 //! bytes in slot B (by falling back to the full download) and slot A untouched.
 
-mod common;
+use crate::common;
 
 use common::device::Device;
 use common::*;

@@ -2,7 +2,7 @@
 //! release manifest, a release artifact, and the channel file behind the delegated
 //! `rollout` role. The client is tests/tuf-interop/client.py.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! Serving the repository: ranges, entity tags, conditional requests, caching headers,
 //! streaming of large targets, and no way out of the repository directories.
 
-mod common;
+use crate::common;
 
 use common::*;
 use edgeimg_proto::release::{manifest_target, ReleaseManifest};

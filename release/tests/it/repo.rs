@@ -1,6 +1,6 @@
 //! Publishing, rollout and refresh, read back by a strict TUF client (tough).
 
-mod common;
+use crate::common;
 
 use common::*;
 use edgeimg_proto::channel::{channel_target, Channel};

@@ -3,7 +3,7 @@
 //! the updater restarts, and in every case: the running slot was never written, /data's
 //! state is readable, and the device ends on a verified release.
 
-mod common;
+use crate::common;
 
 use common::device::Device;
 use common::*;

@@ -3,7 +3,7 @@
 //! file and the TPM write is repaired at the next start. Without a TPM, status says the
 //! floor is weaker.
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 

@@ -2,7 +2,7 @@
 //! serves (a compromised mirror or server). Each attack is played against a client that
 //! trusts only root.json and has already seen a good repository; each must be rejected.
 
-mod common;
+use crate::common;
 
 use std::path::Path;
 

@@ -1,7 +1,7 @@
 //! Attacks on the update path (a hostile or broken server/mirror). Each must be refused
 //! with the running slot untouched and nothing staged.
 
-mod common;
+use crate::common;
 
 use std::sync::atomic::Ordering;
 

@@ -4,7 +4,7 @@
 //! `[tryboot]` partition once when the last reboot asked for it and that partition holds a
 //! FAT filesystem, else the `[all]` one. The updater binary is the one that ships.
 
-mod common;
+use crate::common;
 
 use std::path::{Path, PathBuf};
 

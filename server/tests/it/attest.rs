@@ -6,7 +6,7 @@
 //! verdict in the fleet view and the metrics, and counts a device as healthy on a channel
 //! that requires attestation only when it passed. Every wrong case fails with its reason.
 
-mod common;
+use crate::common;
 
 use common::*;
 use edgeimg_proto::attest::{Attestation, TpmIdentity};

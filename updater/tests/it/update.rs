@@ -1,7 +1,7 @@
 //! Full update cycles on a device tree: slots are sparse files, the loader is systemd-boot's
 //! on-disk entries, the repository is served over HTTP on 127.0.0.1.
 
-mod common;
+use crate::common;
 
 use common::device::Device;
 use common::*;
