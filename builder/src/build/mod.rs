@@ -330,7 +330,12 @@ impl Ctx<'_> {
         // Let other boards' builds at the base tree now; the layer stays locked to the end.
         drop(base_tree);
         let base = &layer_tree.path;
-        timings.insert("board-layer", rep.finish("board-layer", t, if layer_tree.cached { "cached" } else { "built" }));
+        let how = match (layer_tree.cached, layer_tree.note.as_str()) {
+            (true, _) => "cached".to_string(),
+            (false, "") => "built".to_string(),
+            (false, note) => format!("built, with {note}"),
+        };
+        timings.insert("board-layer", rep.finish("board-layer", t, how));
 
         let inputs = report::inputs(self.board_src, self.recipe).map_err(io_ctx("hashing the build inputs"))?;
         let build_id = report::build_id(&layer.key(), self.version, epoch, &inputs);

@@ -7,9 +7,18 @@
 //!    sources, so every board of an architecture that builds the same recipe shares it. For arm64 it is
 //!    the slow step (minutes under QEMU user emulation).
 //! 2. the **board layer**: a copy of the base tree with the board's firmware packages
-//!    installed (mmdebstrap's `custom` variant on the existing tree) and the initrd made
-//!    with the board's dracut configuration (its storage drivers). dracut is diverted in the
-//!    base tree, so it runs exactly once, here.
+//!    installed (mmdebstrap's `custom` variant on the existing tree) and an initrd. dracut
+//!    is diverted in the base tree, so package scripts never run it.
+//!
+//! The initrd is the slow part of a layer for arm64 (dracut under emulation: about two
+//! minutes). Its own cache entry, keyed by the base tree, holds a **generic initrd** made
+//! from the base tree alone, with the modules and firmware it holds. A layer uses that one
+//! when it would come out the same: every driver the board names is in it (or built into
+//! the kernel), and the board's packages add nothing dracut would take in (a firmware file
+//! one of its modules loads, dracut modules, modprobe or udev configuration, a kernel).
+//! Otherwise dracut runs again in the layer, with the board's drivers. Debian's kernel
+//! boards (qemu-arm64, rpi4) share one initrd this way: measured, the two were the same
+//! file for file.
 
 use std::collections::BTreeSet;
 use std::fs;
@@ -26,6 +35,8 @@ use crate::tools::{Cmd, ToolError};
 
 /// Bump when the hooks or the package set edgeimg adds change the resulting tree.
 const ROOTFS_FORMAT: u32 = 6;
+/// Bump when the board layer or the generic initrd is made differently (the base tree stays).
+const LAYER_FORMAT: u32 = 1;
 /// How many trees of each kind to keep in the cache.
 const KEEP: usize = 3;
 /// The base tree's /etc/resolv.conf while mmdebstrap works on the board layer.
@@ -127,6 +138,21 @@ impl BoardLayerSpec {
     }
 }
 
+/// Everything that determines the generic initrd of a base tree.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct InitrdSpec {
+    pub format: u32,
+    pub base_key: String,
+    /// dracut's configuration without any board's drivers.
+    pub dracut_conf: String,
+}
+
+/// Where the generic initrd's files of kernel `v` are in its cache entry: the initrd, the
+/// names of the modules in it, the firmware files those modules load (`modinfo -F firmware`).
+fn initrd_files(v: &str) -> [String; 3] {
+    [format!("initrd.img-{v}"), format!("modules-{v}"), format!("firmware-{v}")]
+}
+
 /// Map an I/O error on `path` in the cache's trees to a `RootfsError`.
 fn cache_err(path: &Path) -> impl FnOnce(std::io::Error) -> RootfsError {
     let path = path.to_path_buf();
@@ -181,10 +207,15 @@ const OMIT_DRIVERS: &str = "btrfs xfs bcachefs ocfs2 gfs2 smb cifs nfs nfsv4 jfs
      lpfc qla2xxx qla4xxx mpt3sas megaraid_sas hpsa aacraid be2iscsi bnx2fc bnx2i qedf qedi fnic csiostor cxgb3i cxgb4i \
      pm80xx pmcraid arcmsr mpi3mr smartpqi mpt3sas snic ibmvfc zfcp";
 
-/// dracut configuration; it must exist before the kernel package runs dracut.
+/// dracut configuration for `board`'s initrd.
 pub fn dracut_conf(board: &Board) -> String {
+    dracut_conf_with(&board.kernel.initrd_drivers)
+}
+
+/// dracut configuration with the drivers every edgeimg image needs and `extra`.
+fn dracut_conf_with(extra: &[String]) -> String {
     let mut drivers = vec!["erofs", "dm-verity", "ext4", "vfat", "nls_cp437", "nls_iso8859_1"];
-    drivers.extend(board.kernel.initrd_drivers.iter().map(String::as_str));
+    drivers.extend(extra.iter().map(String::as_str));
     format!(
         "# Written by edgeimg: a generic initrd that can open a dm-verity root.\n\
          hostonly=\"no\"\n\
@@ -294,7 +325,7 @@ pub fn board_layer_spec(board: &Board, base: &RootfsSpec) -> BoardLayerSpec {
     }
     let packages: BTreeSet<String> = board.firmware.packages.iter().cloned().collect();
     BoardLayerSpec {
-        format: ROOTFS_FORMAT,
+        format: LAYER_FORMAT,
         base_key: base.key(),
         packages: packages.into_iter().collect(),
         components,
@@ -324,6 +355,8 @@ pub struct Tree {
     pub path: PathBuf,
     /// Found in the cache (not built now).
     pub cached: bool,
+    /// Anything worth saying about how it was made (empty for most).
+    pub note: String,
     _lock: nix::fcntl::Flock<fs::File>,
 }
 
@@ -354,7 +387,7 @@ pub fn ensure(cache: &Path, spec: &RootfsSpec, no_cache: bool, rep: &dyn Reporte
 }
 
 /// Return the cached board layer `layer` over the base tree `base_tree` (built from
-/// `base`), building it first if needed.
+/// `base`), building it first if needed. The tree's `note` says where its initrd came from.
 pub fn ensure_board_layer(
     cache: &Path,
     base_tree: &Path,
@@ -363,24 +396,107 @@ pub fn ensure_board_layer(
     no_cache: bool,
     rep: &dyn Reporter,
 ) -> Result<Tree, RootfsError> {
-    cached(&cache.join("board-layer"), &layer.key(), layer, no_cache, |tmp, hookdir| {
+    let mut note = String::new();
+    let mut tree = cached(&cache.join("board-layer"), &layer.key(), layer, no_cache, |tmp, hookdir| {
         crate::fsutil::copy_tree(base_tree, tmp).map_err(|e| cache_err(tmp)(std::io::Error::other(e.to_string())))?;
+        // The generic initrd, made in this copy before anything is installed in it.
+        let generic = InitrdSpec { format: LAYER_FORMAT, base_key: base.key(), dracut_conf: dracut_conf_with(&[]) };
+        let initrd = cached(&cache.join("initrd"), &key_of(&generic), &generic, no_cache, |entry, hookdir| {
+            let conf = hookdir.join("90-edgeimg.conf");
+            fs::write(&conf, &generic.dracut_conf).map_err(cache_err(&conf))?;
+            // dpkg-divert --rename left the real dracut at dracut.distrib.
+            let customize = make_initrds(base, "dracut.distrib", true);
+            LayerRun { base, tree: tmp, hookdir, rep }.run(&base.components, &[], &conf, &customize, |error| {
+                RootfsError::BoardLayer {
+                    hint: "dracut failed on the base tree alone (the generic initrd): see its output above".into(),
+                    error: Box::new(error),
+                }
+            })?;
+            fs::create_dir_all(entry).map_err(cache_err(entry))?;
+            for v in kernel_versions(tmp)? {
+                for (i, name) in initrd_files(&v).iter().enumerate() {
+                    let from = tmp.join("boot").join(if i == 0 { name.clone() } else { format!("edgeimg-{name}") });
+                    let to = entry.join(name);
+                    fs::copy(&from, &to).map_err(cache_err(&from))?;
+                    fs::remove_file(&from).map_err(cache_err(&from))?;
+                }
+            }
+            Ok(())
+        })?;
         let conf = hookdir.join("90-edgeimg.conf");
         fs::write(&conf, &layer.dracut_conf).map_err(cache_err(&conf))?;
+        let layer_err = |error| RootfsError::BoardLayer {
+            hint: format!(
+                "A firmware package name wrong? {:?} must exist in {} for {} in the components {:?}{}",
+                layer.packages,
+                base.suite,
+                base.arch,
+                layer.components,
+                base.sources_hint()
+            ),
+            error: Box::new(error),
+        };
+        // Package scripts find dracut diverted (it would run under emulation, for nothing);
+        // the diversion goes at the end.
+        let undivert = "rm -f \"$1/usr/bin/dracut\" && chroot \"$1\" dpkg-divert --quiet --local --rename --remove /usr/bin/dracut";
+        let runs = LayerRun { base, tree: tmp, hookdir, rep };
+        runs.run(&layer.components, &layer.packages, &conf, undivert, layer_err)?;
+        match generic_initrd_fits(&initrd.path, base_tree, tmp, &layer.dracut_conf, &dracut_conf_with(&[]), rep) {
+            Ok(()) => {
+                for v in kernel_versions(tmp)? {
+                    let [name, ..] = initrd_files(&v);
+                    let (from, to) = (initrd.path.join(&name), tmp.join("boot").join(&name));
+                    fs::copy(&from, &to).map_err(cache_err(&to))?;
+                }
+                note = "the base tree's generic initrd".into();
+            }
+            Err(why) => {
+                rep.output("board-layer", &format!("dracut runs for this board: {why}"));
+                let customize = make_initrds(base, "dracut", false);
+                runs.run(&layer.components, &[], &conf, &customize, layer_err)?;
+                note = format!("its own initrd ({why})");
+            }
+        }
+        Ok(())
+    })?;
+    tree.note = note;
+    Ok(tree)
+}
+
+/// mmdebstrap runs (`custom` variant) over the existing tree `tree`.
+struct LayerRun<'a> {
+    base: &'a RootfsSpec,
+    tree: &'a Path,
+    hookdir: &'a Path,
+    rep: &'a dyn Reporter,
+}
+
+impl LayerRun<'_> {
+    /// Install `packages` (none: no apt at all) from `components`, with `conf` as dracut's
+    /// configuration, then run the customize hook `customize`.
+    fn run(
+        &self,
+        components: &[String],
+        packages: &[String],
+        conf: &Path,
+        customize: &str,
+        err: impl FnOnce(ToolError) -> RootfsError,
+    ) -> Result<(), RootfsError> {
+        let (base, tree, hookdir, rep) = (self.base, self.tree, self.hookdir, self.rep);
         // mmdebstrap makes /dev's nodes itself and refuses to find them there.
-        let dev = tmp.join("dev");
+        let dev = tree.join("dev");
         for e in fs::read_dir(&dev).map_err(cache_err(&dev))?.flatten() {
             let p = e.path();
             let r = if e.file_type().is_ok_and(|t| t.is_dir()) { fs::remove_dir_all(&p) } else { fs::remove_file(&p) };
             r.map_err(cache_err(&p))?;
         }
-        // mmdebstrap keeps apt sources it finds: let it write the layer's (more components,
-        // the extra sources with keys where this run has them).
-        let sources = tmp.join("etc/apt/sources.list");
+        // mmdebstrap keeps apt sources it finds: let it write this run's (more components, the
+        // extra sources with keys where this run has them).
+        let sources = tree.join("etc/apt/sources.list");
         if sources.exists() {
             fs::remove_file(&sources).map_err(cache_err(&sources))?;
         }
-        let parts = tmp.join("etc/apt/sources.list.d");
+        let parts = tree.join("etc/apt/sources.list.d");
         for e in fs::read_dir(&parts).into_iter().flatten().flatten() {
             // mmdebstrap names its files 0000main.sources, 0001.list, …
             if e.file_name().to_string_lossy().starts_with(|c: char| c.is_ascii_digit()) {
@@ -389,58 +505,225 @@ pub fn ensure_board_layer(
         }
         // mmdebstrap copies the host's resolv.conf in for apt; the tree's own (systemd-resolved's
         // symlink to /run) would make that copy fail. Set it aside and put it back at the end.
-        let resolv = tmp.join("etc/resolv.conf");
+        let resolv = tree.join("etc/resolv.conf");
         if fs::symlink_metadata(&resolv).is_ok() {
-            let aside = tmp.join(format!("etc/{RESOLV_ASIDE}"));
+            let aside = tree.join(format!("etc/{RESOLV_ASIDE}"));
             fs::rename(&resolv, &aside).map_err(cache_err(&aside))?;
         }
         let restore_resolv = format!(
             "--customize-hook=if [ -L \"$1/etc/{RESOLV_ASIDE}\" ] || [ -e \"$1/etc/{RESOLV_ASIDE}\" ]; then \
              rm -f \"$1/etc/resolv.conf\" && mv \"$1/etc/{RESOLV_ASIDE}\" \"$1/etc/resolv.conf\"; fi"
         );
-        // For a foreign architecture, dracut writes the archive uncompressed and the host's
-        // zstd compresses it with dracut's settings (`zstd -15 -q -T0`), in a quarter of the
-        // time it takes under emulation. (No early-microcode archive to keep apart:
-        // that is x86, which runs natively.)
-        let make_initrd = if base.arch == host_debian_arch() {
-            "chroot \"$1\" dracut -q --force /boot/initrd.img-$v $v || exit 1".to_string()
-        } else {
-            "chroot \"$1\" dracut -q --force --no-compress /boot/initrd.img-$v.cpio $v \
-             && zstd -15 -q -T0 --rm -f \"$1/boot/initrd.img-$v.cpio\" -o \"$1/boot/initrd.img-$v\" || exit 1"
-                .to_string()
-        };
-        let one_dracut = format!(
-            "--customize-hook=rm -f \"$1/usr/bin/dracut\" \
-             && chroot \"$1\" dpkg-divert --quiet --local --rename --remove /usr/bin/dracut \
-             && for k in \"$1\"/usr/lib/modules/*; do v=${{k##*/}}; {make_initrd}; done"
-        );
-        // mmdebstrap's `custom` variant on the existing tree: apt resolves the firmware
-        // packages against what the tree has installed and dpkg installs them inside it
-        // (with their maintainer scripts, under emulation for a foreign architecture).
-        let mut cmd = mmdebstrap(base, "custom", &layer.components).arg("--skip=check/empty");
-        if layer.packages.is_empty() {
+        // mmdebstrap's `custom` variant on the existing tree: apt resolves the packages against
+        // what the tree has installed and dpkg installs them inside it (with their maintainer
+        // scripts, under emulation for a foreign architecture).
+        let mut cmd = mmdebstrap(base, "custom", components).arg("--skip=check/empty");
+        if packages.is_empty() {
             cmd = cmd.arg("--skip=update").arg("--skip=download");
         } else {
-            cmd = cmd.arg(format!("--include={}", layer.packages.join(",")));
+            cmd = cmd.arg(format!("--include={}", packages.join(",")));
         }
+        let positional = base.positional(tree, hookdir)?;
         cmd.arg("--setup-hook=mkdir -p \"$1/etc/dracut.conf.d\"")
             .arg(format!("--setup-hook=upload {} /etc/dracut.conf.d/90-edgeimg.conf", conf.display()))
             .arg(restore_resolv)
-            .arg(one_dracut)
-            .args(base.positional(tmp, hookdir)?)
+            .arg(format!("--customize-hook={customize}"))
+            .args(positional)
             .run_streaming(|line| rep.output("board-layer", line))
-            .map_err(|error| RootfsError::BoardLayer {
-                hint: format!(
-                    "A firmware package name wrong? {:?} must exist in {} for {} in the components {:?}{}",
-                    layer.packages,
-                    base.suite,
-                    base.arch,
-                    layer.components,
-                    base.sources_hint()
-                ),
-                error: Box::new(error),
-            })
-    })
+            .map_err(err)
+    }
+}
+
+/// A customize hook that makes the initrd of every kernel in the tree with `dracut` (the
+/// program's name in /usr/bin). With `inventory`, it also lists the initrd's modules and
+/// the firmware files they load into /boot/edgeimg-modules-V and /boot/edgeimg-firmware-V.
+fn make_initrds(base: &RootfsSpec, dracut: &str, inventory: bool) -> String {
+    // For a foreign architecture, dracut writes the archive uncompressed and the host's
+    // zstd compresses it with dracut's settings (`zstd -15 -q -T0`), in a quarter of the
+    // time it takes under emulation. (No early-microcode archive to keep apart:
+    // that is x86, which runs natively.)
+    let make = if base.arch == host_debian_arch() {
+        format!("chroot \"$1\" {dracut} -q --force /boot/initrd.img-$v $v")
+    } else {
+        format!(
+            "chroot \"$1\" {dracut} -q --force --no-compress /boot/initrd.img-$v.cpio $v \
+             && zstd -15 -q -T0 --rm -f \"$1/boot/initrd.img-$v.cpio\" -o \"$1/boot/initrd.img-$v\""
+        )
+    };
+    // lsinitrd lists module files (`…/sdhci-iproc.ko.xz`); modinfo names what they load.
+    let list = if inventory {
+        " && chroot \"$1\" lsinitrd \"/boot/initrd.img-$v\" | sed -n 's#.*/\\([^/]*\\)\\.ko\\(\\.[a-z]*\\)\\{0,1\\}$#\\1#p' \
+         | sort -u >\"$1/boot/edgeimg-modules-$v\" \
+         && { chroot \"$1\" modinfo -k \"$v\" -F firmware $(cat \"$1/boot/edgeimg-modules-$v\") 2>/dev/null; true; } \
+         | sort -u >\"$1/boot/edgeimg-firmware-$v\""
+    } else {
+        ""
+    };
+    format!("for k in \"$1\"/usr/lib/modules/*; do v=${{k##*/}}; {make}{list} || exit 1; done")
+}
+
+/// The kernel versions in `tree` (its /usr/lib/modules directories).
+fn kernel_versions(tree: &Path) -> Result<Vec<String>, RootfsError> {
+    let dir = tree.join("usr/lib/modules");
+    let mut v: Vec<String> = fs::read_dir(&dir)
+        .map_err(cache_err(&dir))?
+        .flatten()
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    Ok(v)
+}
+
+/// Would dracut make the generic initrd again for the layer `layer` (a base tree
+/// `base_tree` with the board's packages installed and `board_conf` as dracut's
+/// configuration)? Err says why not.
+fn generic_initrd_fits(
+    entry: &Path,
+    base_tree: &Path,
+    layer: &Path,
+    board_conf: &str,
+    generic_conf: &str,
+    rep: &dyn Reporter,
+) -> Result<(), String> {
+    let read = |p: PathBuf| fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()));
+    let extra: Vec<String> =
+        dracut_drivers(board_conf).into_iter().filter(|d| !dracut_drivers(generic_conf).contains(d)).collect();
+    let mut inventory = Vec::new();
+    for v in kernel_versions(layer).map_err(|e| e.to_string())? {
+        let [initrd, modules, firmware] = initrd_files(&v);
+        if !entry.join(&initrd).is_file() {
+            return Err(format!("kernel {v} is not the base tree's"));
+        }
+        let kernel = layer.join(format!("usr/lib/modules/{v}"));
+        let builtin = fs::read_to_string(kernel.join("modules.builtin")).unwrap_or_default();
+        // modules.dep: `kernel/drivers/…/x.ko.xz: dependencies…`, one line per module.
+        let dep = fs::read_to_string(kernel.join("modules.dep")).unwrap_or_default();
+        let dep = dep.lines().filter_map(|l| l.split(':').next());
+        inventory.push(KernelInventory {
+            version: v.clone(),
+            modules: read(entry.join(&modules))?.lines().chain(builtin.lines()).map(module_name).collect(),
+            known: dep.chain(builtin.lines()).map(module_name).collect(),
+            firmware: read(entry.join(&firmware))?.lines().map(str::to_string).collect(),
+        });
+    }
+    let unknown = unknown_drivers(&extra, &inventory);
+    if !unknown.is_empty() {
+        rep.warn(format!(
+            "the board's kernel.initrd_drivers name {}, which the kernel has neither as a module nor built in: \
+             dracut leaves them out. A misspelt name, or another kernel's?",
+            unknown.join(", ")
+        ));
+    }
+    let added = package_files_added(base_tree, layer).map_err(|e| format!("reading dpkg's file lists: {e}"))?;
+    initrd_unchanged(&extra, &inventory, &added)
+}
+
+/// What the generic initrd of one kernel holds.
+struct KernelInventory {
+    version: String,
+    /// Module names (`-` as `_`), with the kernel's built-in ones.
+    modules: BTreeSet<String>,
+    /// Every module the kernel has, built in or not.
+    known: BTreeSet<String>,
+    /// Firmware files its modules load, relative to /usr/lib/firmware.
+    firmware: BTreeSet<String>,
+}
+
+/// Where dracut looks for what it puts in an initrd, beyond firmware and the kernel modules.
+const INITRD_INPUTS: &[&str] = &[
+    "/usr/lib/dracut/",
+    "/etc/dracut.conf.d/",
+    "/usr/lib/modules/",
+    "/lib/modules/",
+    "/usr/lib/modprobe.d/",
+    "/lib/modprobe.d/",
+    "/etc/modprobe.d/",
+    "/usr/lib/udev/",
+    "/lib/udev/",
+    "/etc/udev/",
+];
+
+/// The generic initrd stands for the board's when it holds the board's extra drivers
+/// (`extra`) and none of the files the board's packages add (`added`, as (package, path))
+/// would change what dracut puts in.
+fn initrd_unchanged(extra: &[String], inventory: &[KernelInventory], added: &[(String, String)]) -> Result<(), String> {
+    for k in inventory {
+        // A name the kernel does not have, dracut skips (`unknown_drivers` warns of it).
+        let missing = extra.iter().map(|d| module_name(d)).find(|d| k.known.contains(d) && !k.modules.contains(d));
+        if let Some(d) = missing {
+            return Err(format!("driver {d} is not in kernel {}'s generic initrd", k.version));
+        }
+    }
+    for (package, path) in added {
+        if let Some(dir) = INITRD_INPUTS.iter().find(|d| path.starts_with(*d)) {
+            return Err(format!("package {package} adds {path}, and dracut reads {dir}"));
+        }
+        let fw = path.strip_prefix("/usr/lib/firmware/").or_else(|| path.strip_prefix("/lib/firmware/"));
+        if let Some(fw) = fw {
+            let fw = fw.strip_prefix("updates/").unwrap_or(fw);
+            let fw = fw.strip_suffix(".xz").or_else(|| fw.strip_suffix(".zst")).unwrap_or(fw);
+            if let Some(k) = inventory.iter().find(|k| k.firmware.contains(fw)) {
+                return Err(format!(
+                    "package {package} adds {path}, which a module in kernel {}'s initrd loads",
+                    k.version
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The drivers in `extra` that some kernel in `inventory` has neither as a module nor
+/// built in, as "driver (kernel)": dracut leaves them out with no error, so a misspelt name
+/// (or another kernel's) would go unnoticed.
+fn unknown_drivers(extra: &[String], inventory: &[KernelInventory]) -> Vec<String> {
+    let mut out = Vec::new();
+    for k in inventory {
+        for d in extra.iter().filter(|d| !k.known.contains(&module_name(d))) {
+            out.push(format!("{d} (kernel {})", k.version));
+        }
+    }
+    out
+}
+
+/// A module's name as the kernel knows it: `kernel/drivers/mmc/host/sdhci-iproc.ko.xz` and
+/// `sdhci-iproc` are both `sdhci_iproc`.
+fn module_name(s: &str) -> String {
+    let base = s.trim().rsplit('/').next().unwrap_or_default();
+    let base = base.split(".ko").next().unwrap_or(base);
+    base.replace('-', "_")
+}
+
+/// The drivers an edgeimg dracut configuration adds.
+fn dracut_drivers(conf: &str) -> Vec<String> {
+    conf.lines()
+        .find_map(|l| l.strip_prefix("add_drivers+=\""))
+        .map(|l| l.trim_end_matches('"').split_whitespace().map(str::to_string).collect())
+        .unwrap_or_default()
+}
+
+/// The files of the packages installed in `layer` and not (or not the same) in `base`:
+/// (package, path) from dpkg's file lists.
+fn package_files_added(base: &Path, layer: &Path) -> std::io::Result<Vec<(String, String)>> {
+    let info = Path::new("var/lib/dpkg/info");
+    let mut out = Vec::new();
+    for e in fs::read_dir(layer.join(info))?.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(package) = name.strip_suffix(".list") else { continue };
+        let text = fs::read_to_string(e.path())?;
+        if fs::read_to_string(base.join(info).join(&name)).is_ok_and(|b| b == text) {
+            continue;
+        }
+        let package = package.split(':').next().unwrap_or(package);
+        out.extend(
+            text.lines()
+                .filter(|l| !layer.join(l.trim_start_matches('/')).is_dir())
+                .map(|l| (package.to_string(), l.to_string())),
+        );
+    }
+    out.sort();
+    Ok(out)
 }
 
 /// The cache protocol both layers share: a hit is a tree with its spec file beside it;
@@ -468,7 +751,7 @@ fn cached(
     if !no_cache && tree.is_dir() && meta.is_file() {
         // Touch for least-recently-used pruning.
         let _ = fs::File::options().append(true).open(&meta).and_then(|f| f.set_modified(SystemTime::now()));
-        return Ok(Tree { path: tree, cached: true, _lock: lock });
+        return Ok(Tree { path: tree, cached: true, note: String::new(), _lock: lock });
     }
     let tmp = dir.join(format!(".tmp-{key}-{}", std::process::id()));
     let _ = fs::remove_dir_all(&tmp);
@@ -481,7 +764,7 @@ fn cached(
     fs::rename(&tmp, &tree).map_err(cache_err(&tree))?;
     fs::write(&meta, serde_json::to_vec_pretty(spec).unwrap_or_default()).map_err(cache_err(&meta))?;
     prune(dir, key);
-    Ok(Tree { path: tree, cached: false, _lock: lock })
+    Ok(Tree { path: tree, cached: false, note: String::new(), _lock: lock })
 }
 
 /// Keep the `KEEP` most recently used trees.
@@ -542,6 +825,84 @@ mod tests {
         // A new mirror state is a new base tree, and so a new layer.
         let newer = spec(&virt, &recipe, "s".into(), 1);
         assert_ne!(board_layer_spec(&virt, &newer).key(), lv.key());
+    }
+
+    fn inventory(modules: &[&str], firmware: &[&str]) -> KernelInventory {
+        KernelInventory {
+            version: "6.12.1-arm64".into(),
+            modules: modules.iter().map(|m| module_name(m)).collect(),
+            known: modules.iter().chain(&["broadcom", "pcie-brcmstb"]).map(|m| module_name(m)).collect(),
+            firmware: firmware.iter().map(|f| f.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn the_generic_initrd_stands_in_only_when_dracut_would_make_the_same() {
+        let k = [inventory(
+            &["kernel/drivers/mmc/host/sdhci-iproc.ko.xz", "mmc_block", "xhci-pci-renesas"],
+            &["renesas_usb_fw.mem", "brcm/brcmfmac43455-sdio.bin"],
+        )];
+        let added = |p: &str| vec![("pkg".to_string(), p.to_string())];
+        // Drivers are matched by module name, `-` or `_`, file or name.
+        assert_eq!(initrd_unchanged(&["sdhci_iproc".into(), "mmc-block".into()], &k, &[]), Ok(()));
+        let e = initrd_unchanged(&["pcie_brcmstb".into()], &k, &[]).unwrap_err();
+        assert!(e.contains("driver pcie_brcmstb is not in kernel 6.12.1-arm64's generic initrd"), "{e}");
+        // A name the kernel does not have at all, dracut skips: no difference, but a warning.
+        assert_eq!(initrd_unchanged(&["bcm2835_mmc".into()], &k, &[]), Ok(()));
+        let names = ["bcm2835_mmc".to_string(), "broadcom".into(), "sdhci_iproc".into()];
+        assert_eq!(unknown_drivers(&names, &k), ["bcm2835_mmc (kernel 6.12.1-arm64)"]);
+        // Firmware: only files the initrd's modules load matter, compressed or not.
+        assert_eq!(
+            initrd_unchanged(&[], &k, &added("/usr/lib/firmware/brcm/brcmfmac43455-sdio.raspberrypi,4-model-b.txt")),
+            Ok(())
+        );
+        assert_eq!(initrd_unchanged(&[], &k, &added("/usr/lib/u-boot/rpi_arm64/u-boot.bin")), Ok(()));
+        for p in ["/usr/lib/firmware/renesas_usb_fw.mem.xz", "/lib/firmware/updates/brcm/brcmfmac43455-sdio.bin"] {
+            let e = initrd_unchanged(&[], &k, &added(p)).unwrap_err();
+            assert!(e.contains(&format!("package pkg adds {p}, which a module")), "{e}");
+        }
+        // What dracut reads besides: its modules and configuration, modprobe and udev, kernels.
+        for p in [
+            "/usr/lib/dracut/modules.d/99x/module-setup.sh",
+            "/etc/modprobe.d/x.conf",
+            "/usr/lib/udev/rules.d/9.rules",
+            "/usr/lib/modules/6.13/kernel/a.ko",
+        ] {
+            assert!(initrd_unchanged(&[], &k, &added(p)).unwrap_err().contains("dracut reads"), "{p}");
+        }
+    }
+
+    #[test]
+    fn the_drivers_a_board_adds_are_read_back_from_its_dracut_configuration() {
+        let pi = dracut_drivers(&dracut_conf(&board("rpi4")));
+        let generic = dracut_drivers(&dracut_conf_with(&[]));
+        assert!(generic.contains(&"erofs".to_string()) && !generic.contains(&"sdhci_iproc".to_string()));
+        let extra: Vec<_> = pi.iter().filter(|d| !generic.contains(d)).collect();
+        assert_eq!(extra.len(), board("rpi4").kernel.initrd_drivers.len(), "{extra:?}");
+    }
+
+    #[test]
+    fn added_package_files_are_those_of_new_or_changed_file_lists() {
+        let (base, layer) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        for t in [base.path(), layer.path()] {
+            fs::create_dir_all(t.join("var/lib/dpkg/info")).unwrap();
+            fs::create_dir_all(t.join("usr/lib/firmware")).unwrap();
+            fs::write(t.join("var/lib/dpkg/info/kmod.list"), "/usr/lib/firmware\n/usr/bin/kmod\n").unwrap();
+        }
+        fs::write(
+            layer.path().join("var/lib/dpkg/info/firmware-brcm80211.list"),
+            "/usr/lib/firmware\n/usr/lib/firmware/b.bin\n",
+        )
+        .unwrap();
+        fs::write(layer.path().join("var/lib/dpkg/info/libx:arm64.list"), "/usr/lib/x.so\n").unwrap();
+        let added = package_files_added(base.path(), layer.path()).unwrap();
+        assert_eq!(
+            added,
+            [
+                ("firmware-brcm80211".to_string(), "/usr/lib/firmware/b.bin".to_string()),
+                ("libx".into(), "/usr/lib/x.so".into())
+            ]
+        );
     }
 
     #[test]
