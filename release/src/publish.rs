@@ -203,6 +203,7 @@ pub async fn publish(repo: &Repo, keys: &KeyDir, opts: &PublishOptions) -> Resul
             .await
             .map_err(tough_err(format!("copying {}", path.display())))?;
     }
+    world_readable(&targets_dir)?;
     repo.commit_metadata(&meta)?;
     tracing::info!(
         "published {} {} for {} into {}",
@@ -327,4 +328,26 @@ fn make_deltas(
     }
     manifest.deltas = refs;
     Ok(files)
+}
+
+/// Make every target readable by all: a repository is public (TUF's signatures, not file
+/// modes, protect it) and is often served by a web server running as another user, which
+/// answers 403 for a file only its owner may read. Targets keep their builds' modes when
+/// copied (dracut writes the initrd 0600, veritysetup the hash tree), and repositories
+/// published before this have such files; they are mended here too.
+fn world_readable(targets_dir: &Path) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| Error::Io { path, source }
+    };
+    for e in std::fs::read_dir(targets_dir).map_err(io(targets_dir))? {
+        let e = e.map_err(io(targets_dir))?;
+        let meta = e.metadata().map_err(io(&e.path()))?;
+        if meta.is_file() && meta.permissions().mode() & 0o044 != 0o044 {
+            let mode = meta.permissions().mode() | 0o644;
+            std::fs::set_permissions(e.path(), std::fs::Permissions::from_mode(mode)).map_err(io(&e.path()))?;
+        }
+    }
+    Ok(())
 }

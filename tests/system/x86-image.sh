@@ -19,6 +19,10 @@ done
 ok "all outputs present"
 (cd "$B" && sha256sum --quiet -c SHA256SUMS) || fail "SHA256SUMS does not match the outputs"
 ok "SHA256SUMS verifies"
+# A release is published as it is, often to a web server running as another user.
+unreadable=$(find "$B" -type f ! -perm -0444 -printf '%P (%m) ')
+[ -z "$unreadable" ] || fail "outputs only their owner may read: $unreadable"
+ok "every output is readable by all (the payload is published as it is)"
 ls -a "$OUT/qemu-x86_64/selftest" | grep -q partial && fail "a .partial directory was left behind"
 cost=$(jq -e '.sizes | select(.root_image_packed_layout_bytes > 0 and .root_image_packed_layout_bytes <= .root_image_bytes) | .delta_friendly_layout_cost_bytes' "$B/report.json") \
     || fail "report.json does not say what the delta-friendly layout costs: $(jq -c .sizes "$B/report.json")"

@@ -4,6 +4,7 @@
 use std::collections::BTreeMap;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use edgeimg_proto::payload::{Artifact, ArtifactKind, BootFile, Payload, SlotBoot, PAYLOAD_FORMAT};
@@ -12,6 +13,7 @@ use edgeimg_proto::Slot;
 use super::boot::BootSet;
 use super::file_digest;
 use super::rootimg::RootImage;
+
 use crate::bmap::Bmap;
 use crate::config::{Board, Recipe};
 use crate::progress::{Reporter, ReporterExt};
@@ -80,6 +82,12 @@ pub fn payload(
     let mut json = serde_json::to_vec_pretty(&p).map_err(io::Error::other)?;
     json.push(b'\n');
     fs::write(dir.join("payload.json"), json)?;
+    // dracut writes the initrd 0600 and veritysetup the hash tree: a payload is published
+    // as it is, so make every file readable by all, as the disk image is.
+    for e in fs::read_dir(&dir)? {
+        let e = e?;
+        fs::set_permissions(e.path(), fs::Permissions::from_mode(0o644))?;
+    }
     Ok(p)
 }
 

@@ -2,6 +2,8 @@
 
 use crate::common;
 
+use std::os::unix::fs::PermissionsExt;
+
 use common::*;
 use edgeimg_proto::channel::{channel_target, Channel};
 use edgeimg_proto::release::{manifest_target, ReleaseManifest};
@@ -25,8 +27,17 @@ async fn publish_rollout_refresh_read_by_a_client() {
     let keys = keyset(&d.path().join("keys")).await;
     let repo = Repo::new(d.path().join("repo"));
     let b1 = fake_build(d.path(), "qemu-x86_64", "edge", "1.0.0");
+    // As dracut and veritysetup leave them: readable by their owner only.
+    for name in ["initrd", "root.verity"] {
+        std::fs::set_permissions(b1.join("payload").join(name), std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
     let p = publish(&repo, &keys, &publish_opts(&b1)).await.unwrap();
     assert!(p.created);
+    // A web server running as another user can serve every target.
+    for e in std::fs::read_dir(repo.targets_dir()).unwrap() {
+        let mode = e.as_ref().unwrap().metadata().unwrap().permissions().mode();
+        assert_eq!(mode & 0o044, 0o044, "{:?} is {mode:o}", e.unwrap().file_name());
+    }
     assert_eq!(p.manifest_target, manifest_target("edge", "qemu-x86_64", "1.0.0"));
 
     // A client trusting only root.json reads the manifest and every artifact.
