@@ -441,7 +441,7 @@ pub fn ensure_board_layer(
         let undivert = "rm -f \"$1/usr/bin/dracut\" && chroot \"$1\" dpkg-divert --quiet --local --rename --remove /usr/bin/dracut";
         let runs = LayerRun { base, tree: tmp, hookdir, rep };
         runs.run(&layer.components, &layer.packages, &conf, undivert, layer_err)?;
-        match generic_initrd_fits(&initrd.path, base_tree, tmp, &layer.dracut_conf, &dracut_conf_with(&[]), rep) {
+        match generic_initrd_fits(&initrd.path, base_tree, tmp, &layer.dracut_conf, &generic.dracut_conf, rep) {
             Ok(()) => {
                 for v in kernel_versions(tmp)? {
                     let [name, ..] = initrd_files(&v);
@@ -587,8 +587,8 @@ fn generic_initrd_fits(
     rep: &dyn Reporter,
 ) -> Result<(), String> {
     let read = |p: PathBuf| fs::read_to_string(&p).map_err(|e| format!("{}: {e}", p.display()));
-    let extra: Vec<String> =
-        dracut_drivers(board_conf).into_iter().filter(|d| !dracut_drivers(generic_conf).contains(d)).collect();
+    let generic = dracut_drivers(generic_conf);
+    let extra: Vec<String> = dracut_drivers(board_conf).into_iter().filter(|d| !generic.contains(d)).collect();
     let mut inventory = Vec::new();
     for v in kernel_versions(layer).map_err(|e| e.to_string())? {
         let [initrd, modules, firmware] = initrd_files(&v);
