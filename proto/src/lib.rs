@@ -6,6 +6,7 @@ pub mod channel;
 pub mod credential;
 pub mod delta;
 pub mod k3s;
+pub mod l4t;
 pub mod payload;
 pub mod prometheus;
 pub mod provision;

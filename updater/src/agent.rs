@@ -121,6 +121,15 @@ pub fn backend(s: &Settings, root: &Path) -> Box<dyn BootBackend> {
             partitions: s.boot_partitions.clone(),
             cmdline: root.join("proc/cmdline"),
         }),
+        BootBackendKind::L4t => Box::new(crate::boot::l4t::L4t {
+            boot_dir: s.boot_dir.clone(),
+            partitions: s.boot_partitions.clone(),
+            efivars: s.efivars.clone(),
+            cmdline: root.join("proc/cmdline"),
+            nvbootctrl: s.nvbootctrl.clone(),
+            systemctl: "systemctl".into(),
+            root: root.to_path_buf(),
+        }),
         BootBackendKind::Fake => Box::new(Fake {
             state_file: s.fake_state.clone().unwrap_or_else(|| s.state_dir.join("fake-boot.json")),
             boot_dir: s.boot_dir.clone(),
@@ -710,6 +719,9 @@ impl Agent {
     pub fn fail_trial(&mut self, reason: &str) -> Result<(), AgentError> {
         let mut p = self.dir.load()?;
         let booted = self.boot.booted_slot()?;
+        // Before the record: a power cut between the two then boots the committed slot,
+        // where reconcile records the rollback anyway.
+        self.boot.give_up(booted)?;
         let rel = match &p.state {
             State::Staged { manifest, target, .. } if *target == booted => ReleaseRef::of(manifest),
             _ => self.running(&p),

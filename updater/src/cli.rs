@@ -60,6 +60,11 @@ pub enum Command {
     },
     /// Commit the trial boot now (skip the health checks).
     Commit,
+    /// Exit 0 when this boot is committed, 1 on a trial boot: the `ExecCondition=` of units
+    /// that must wait for the commit (L4T's nv-l4t-bootloader-config.service, which clears
+    /// the firmware's retry count). When it cannot be told, 0, with a warning: the unit then
+    /// runs as it would without edgeimg.
+    Committed,
     /// Go back to the other slot, if it holds a committed release, and reboot.
     Rollback {
         #[arg(long)]
@@ -205,6 +210,21 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Commit => {
             let mut a = agent(&cli)?;
             println!("{}", a.commit()?);
+            Ok(())
+        }
+        Command::Committed => {
+            match agent(&cli).and_then(|a| Ok(a.boot.is_trial()?)) {
+                Ok(true) => {
+                    println!("this boot is a trial, not committed yet");
+                    // ExecCondition=: 1 skips the unit without failing it.
+                    std::process::exit(1)
+                }
+                Ok(false) => println!("this boot is committed"),
+                Err(e) => {
+                    tracing::warn!("cannot tell whether this boot is committed ({e:#}); answering that it is");
+                    println!("committed (unknown: {e:#})");
+                }
+            }
             Ok(())
         }
         Command::Rollback { no_reboot } => {

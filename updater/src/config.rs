@@ -62,6 +62,8 @@ pub struct BootFragment {
     /// U-Boot: fw_env.config files of the two copies of the boot state, first copy first.
     pub fw_env_config: Option<Vec<PathBuf>>,
     pub tries: Option<u32>,
+    /// L4T: NVIDIA's nvbootctrl (default: `nvbootctrl` on PATH).
+    pub nvbootctrl: Option<PathBuf>,
     /// File-backed fake backend state (tests).
     pub fake_state: Option<PathBuf>,
 }
@@ -73,7 +75,7 @@ pub struct SlotsFragment {
     pub root_b: Option<PathBuf>,
     pub verity_a: Option<PathBuf>,
     pub verity_b: Option<PathBuf>,
-    /// Each slot's boot partition (tryboot boards).
+    /// Each slot's boot partition (tryboot: boot-a/boot-b; l4t: APP/APP_b by default).
     pub boot_a: Option<PathBuf>,
     pub boot_b: Option<PathBuf>,
 }
@@ -128,7 +130,7 @@ impl Fragment {
         );
         if let Some(b) = &o.boot {
             let m = self.boot.get_or_insert_with(Default::default);
-            merge_opt!(m, b, backend, boot_dir, efivars, fw_env_config, tries, fake_state);
+            merge_opt!(m, b, backend, boot_dir, efivars, fw_env_config, tries, nvbootctrl, fake_state);
         }
         if let Some(s) = &o.slots {
             let m = self.slots.get_or_insert_with(Default::default);
@@ -150,6 +152,7 @@ pub enum BootBackendKind {
     SystemdBoot,
     UBoot,
     Tryboot,
+    L4t,
     Fake,
 }
 
@@ -191,8 +194,9 @@ pub struct Settings {
     pub fake_state: Option<PathBuf>,
     pub root: BTreeMap<edgeimg_proto::Slot, PathBuf>,
     pub verity: BTreeMap<edgeimg_proto::Slot, PathBuf>,
-    /// Each slot's own boot partition (tryboot boards).
+    /// Each slot's own boot partition (tryboot: boot-a/boot-b; l4t: APP/APP_b).
     pub boot_partitions: [PathBuf; 2],
+    pub nvbootctrl: PathBuf,
     pub reboot_policy: RebootPolicy,
     pub reboot_window: Option<(u32, u32)>,
     pub drain: bool,
@@ -274,10 +278,11 @@ fn settings(f: Fragment, root: &Path) -> Result<Settings, ConfigError> {
         "systemd-boot" => BootBackendKind::SystemdBoot,
         "u-boot" => BootBackendKind::UBoot,
         "tryboot" => BootBackendKind::Tryboot,
+        "l4t" => BootBackendKind::L4t,
         "fake" => BootBackendKind::Fake,
         other => {
             return Err(ConfigError::Invalid(format!(
-                "boot.backend = \"{other}\": known backends are systemd-boot, u-boot, tryboot, fake"
+                "boot.backend = \"{other}\": known backends are systemd-boot, u-boot, tryboot, l4t, fake"
             )))
         }
     };
@@ -296,7 +301,11 @@ fn settings(f: Fragment, root: &Path) -> Result<Settings, ConfigError> {
         (Slot::B, slots.verity_b.clone().unwrap_or_else(|| part(Slot::B, true))),
     ]);
     let boot_part = |v: &Option<PathBuf>, s: Slot| {
-        v.clone().unwrap_or_else(|| at(&format!("/dev/disk/by-partlabel/{}", edgeimg_proto::tryboot::boot_label(s))))
+        let label = match backend {
+            BootBackendKind::L4t => edgeimg_proto::l4t::app_label(s).to_string(),
+            _ => edgeimg_proto::tryboot::boot_label(s),
+        };
+        v.clone().unwrap_or_else(|| at(&format!("/dev/disk/by-partlabel/{label}")))
     };
     let boot_partitions = [boot_part(&slots.boot_a, Slot::A), boot_part(&slots.boot_b, Slot::B)];
     let reboot = f.reboot.clone().unwrap_or_default();
@@ -354,6 +363,7 @@ fn settings(f: Fragment, root: &Path) -> Result<Settings, ConfigError> {
         root: root_map,
         verity: verity_map,
         boot_partitions,
+        nvbootctrl: boot.nvbootctrl.clone().unwrap_or_else(|| "nvbootctrl".into()),
         reboot_policy: match reboot.policy.as_deref().unwrap_or("auto") {
             "auto" => RebootPolicy::Auto,
             "manual" => RebootPolicy::Manual,

@@ -2,6 +2,8 @@
 //! per backend, all with the same operations (as in RAUC); chosen once from the config.
 
 pub mod fake;
+pub mod l4t;
+pub mod partition;
 pub mod systemd_boot;
 pub mod tryboot;
 pub mod uboot;
@@ -59,6 +61,13 @@ pub trait BootBackend: Send {
     fn stage(&self, slot: Slot, files: &BootFiles, tries: u32) -> Result<(), BootError>;
     /// Commit: the booted, trial slot becomes the default.
     fn mark_good(&self, slot: Slot) -> Result<(), BootError>;
+    /// The booted trial `slot` failed its health checks: make sure the reboot that follows
+    /// does not boot it again. Loaders that never boot an unblessed slot twice need nothing
+    /// (the default); L4T's firmware keeps booting the active chain until its retry count
+    /// runs out, so the committed slot is armed again.
+    fn give_up(&self, _slot: Slot) -> Result<(), BootError> {
+        Ok(())
+    }
     /// Make a good slot the default again (operator rollback).
     fn set_default(&self, slot: Slot) -> Result<(), BootError>;
     fn status(&self) -> Result<Vec<SlotStatus>, BootError>;

@@ -18,17 +18,12 @@
 //!   (the release counts as rolled back); after it, the new slot.
 //! - Disarm: zero the boot sector.
 
-use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use edgeimg_proto::tryboot::{self, Autoboot, AUTOBOOT_FILE, WHOLE_PARTITION};
+use edgeimg_proto::tryboot::{self, Autoboot, AUTOBOOT_FILE};
 use edgeimg_proto::Slot;
 
-use super::{io, slot_from_cmdline, BootBackend, BootError, BootFiles, SlotStatus};
-
-/// The FAT boot sector and what follows it up to the first 4 KiB: written last.
-const HEAD: usize = 4096;
+use super::{io, partition, slot_from_cmdline, BootBackend, BootError, BootFiles, SlotStatus};
 
 pub struct Tryboot {
     /// Mount point of partition 1 (autoboot.txt).
@@ -63,57 +58,12 @@ impl Tryboot {
         crate::fsutil::sync_dir(&self.boot_dir).map_err(io(&self.boot_dir))
     }
 
-    /// Does the slot's boot partition start with a FAT boot sector?
     fn bootable(&self, slot: Slot) -> bool {
-        let mut b = [0u8; 512];
-        File::open(self.partition(slot)).and_then(|mut f| f.read_exact(&mut b)).is_ok()
-            && b[510..512] == [0x55, 0xaa]
-            && (b[82..87] == *b"FAT32" || b[54..59] == *b"FAT16" || b[54..59] == *b"FAT12")
+        partition::has_fat(self.partition(slot))
     }
 
     fn zero_head(&self, slot: Slot) -> Result<(), BootError> {
-        let p = self.partition(slot);
-        let mut f = File::options().write(true).open(p).map_err(io(p))?;
-        f.write_all(&[0u8; HEAD]).map_err(io(p))?;
-        f.sync_all().map_err(io(p))
-    }
-
-    /// Write `image` to the slot's partition, the first 4 KiB last, and read it back.
-    fn write_image(&self, slot: Slot, image: &Path) -> Result<(), BootError> {
-        let dev = self.partition(slot);
-        let mut src = File::open(image).map_err(io(image))?;
-        let len = src.metadata().map_err(io(image))?.len();
-        let mut dst = File::options().read(true).write(true).open(dev).map_err(io(dev))?;
-        let room = dst.seek(SeekFrom::End(0)).map_err(io(dev))?;
-        if len > room {
-            return Err(BootError::State(format!(
-                "the release's boot partition image is {len} bytes but {} has {room}: the board's disk.boot_mib grew \
-                 beyond what this device was flashed with; reflash it or keep boot_mib",
-                dev.display()
-            )));
-        }
-        if (len as usize) < HEAD {
-            return Err(BootError::State(format!("{} is {len} bytes: not a boot partition image", image.display())));
-        }
-        let mut head = vec![0u8; HEAD];
-        src.read_exact(&mut head).map_err(io(image))?;
-        dst.seek(SeekFrom::Start(HEAD as u64)).map_err(io(dev))?;
-        std::io::copy(&mut src, &mut dst).map_err(io(dev))?;
-        dst.sync_all().map_err(io(dev))?;
-        dst.seek(SeekFrom::Start(0)).map_err(io(dev))?;
-        dst.write_all(&head).map_err(io(dev))?;
-        dst.sync_all().map_err(io(dev))?;
-        drop(dst);
-
-        // Read back from the medium, as the root slot is: what the firmware will read is
-        // what the release signed.
-        let check = crate::install::sha256_prefix(image, len)
-            .and_then(|sha| crate::install::verify("the boot partition image", dev, len, &sha));
-        if let Err(e) = check {
-            let _ = self.zero_head(slot);
-            return Err(BootError::State(e.to_string()));
-        }
-        Ok(())
+        partition::zero_head(self.partition(slot))
     }
 }
 
@@ -149,21 +99,9 @@ impl BootBackend for Tryboot {
         if tries != 1 {
             return Err(BootError::State(format!("tries = {tries}: the firmware tries a slot exactly once")));
         }
-        let [(image, path)] = files.files.as_slice() else {
-            return Err(BootError::State(format!(
-                "the release gives {} boot files for slot {slot}; a tryboot board needs one, the image of the slot's \
-                 boot partition (was it built for a board with boot.backend = \"tryboot\"?)",
-                files.files.len()
-            )));
-        };
-        if path != WHOLE_PARTITION {
-            return Err(BootError::State(format!(
-                "the release puts {path} on the boot partition; a tryboot board takes the whole partition's image \
-                 (was it built for a board with boot.backend = \"tryboot\"?)"
-            )));
-        }
+        let image = partition::whole_image(files, slot, "tryboot")?;
         self.disarm(slot)?;
-        self.write_image(slot, image)
+        partition::write_image(self.partition(slot), image)
     }
 
     fn mark_good(&self, slot: Slot) -> Result<(), BootError> {
@@ -226,6 +164,10 @@ impl BootBackend for Tryboot {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgeimg_proto::tryboot::WHOLE_PARTITION;
+    use partition::HEAD;
+    use std::fs::File;
+    use std::io::{Seek, SeekFrom, Write};
 
     const MIB: u64 = 1 << 20;
 

@@ -8,6 +8,7 @@ mod common;
 mod attacks;
 mod delta;
 mod flaky;
+mod l4t;
 mod metrics;
 mod powercut;
 mod tpm;

@@ -17,8 +17,8 @@ const BOARD: &str = "rpi5";
 const PART: u64 = 8 << 20;
 
 /// A release whose slots each boot from a FAT image of their whole boot partition, as
-/// `edgeimg build` makes for a tryboot board.
-fn tryboot_build(dir: &Path, version: &str) -> PathBuf {
+/// `edgeimg build` makes for a tryboot or an L4T board.
+pub fn whole_partition_build(dir: &Path, board: &str, version: &str) -> PathBuf {
     let fat = |slot: Slot| {
         let img = dir.join(format!("boot-{}-{version}.vfat", slot.letter()));
         std::fs::File::create(&img).unwrap().set_len(4 << 20).unwrap();
@@ -40,7 +40,7 @@ fn tryboot_build(dir: &Path, version: &str) -> PathBuf {
         ("boot-a.vfat", ArtifactKind::BootFile, fat(Slot::A)),
         ("boot-b.vfat", ArtifactKind::BootFile, fat(Slot::B)),
     ];
-    let b = fake_build_files(dir, BOARD, version, 1, &format!("{:0>64}", version.replace('.', "")), false, &files);
+    let b = fake_build_files(dir, board, version, 1, &format!("{:0>64}", version.replace('.', "")), false, &files);
     let pj = b.join("payload/payload.json");
     let mut p: Payload = serde_json::from_slice(&std::fs::read(&pj).unwrap()).unwrap();
     for (slot, boot) in p.slots.iter_mut() {
@@ -137,7 +137,7 @@ fn part_file(root: &Path, s: Slot) -> PathBuf {
 
 /// Build, publish and roll out `version` to the whole fleet.
 async fn ship(e: &Fleet, version: &str) -> PathBuf {
-    let b = tryboot_build(&e.dir, version);
+    let b = whole_partition_build(&e.dir, BOARD, version);
     publish_build(&e.repo, &e.keys, &b, 1).await;
     set_channel(&e.repo, &e.keys, BOARD, version, 100, false).await;
     b
