@@ -47,10 +47,7 @@ pub struct L4t {
 
 impl L4t {
     fn partition(&self, slot: Slot) -> &Path {
-        &self.partitions[match slot {
-            Slot::A => 0,
-            Slot::B => 1,
-        }]
+        partition::of(&self.partitions, slot)
     }
 
     fn record_path(&self) -> PathBuf {

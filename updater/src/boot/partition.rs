@@ -18,6 +18,14 @@ use super::{io, BootError, BootFiles};
 /// The FAT boot sector and what follows it up to the first 4 KiB: written last.
 pub const HEAD: usize = 4096;
 
+/// A slot's partition from the pair (slot A's first).
+pub fn of(partitions: &[std::path::PathBuf; 2], slot: Slot) -> &Path {
+    &partitions[match slot {
+        Slot::A => 0,
+        Slot::B => 1,
+    }]
+}
+
 /// Does the partition start with a FAT boot sector?
 pub fn has_fat(dev: &Path) -> bool {
     let mut b = [0u8; 512];

@@ -36,10 +36,7 @@ pub struct Tryboot {
 
 impl Tryboot {
     fn partition(&self, slot: Slot) -> &Path {
-        &self.partitions[match slot {
-            Slot::A => 0,
-            Slot::B => 1,
-        }]
+        partition::of(&self.partitions, slot)
     }
 
     fn autoboot_path(&self) -> PathBuf {

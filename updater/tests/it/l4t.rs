@@ -222,12 +222,7 @@ async fn ship(e: &Fleet, version: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn l4t_stage_try_commit_give_up_and_firmware_fallback() {
-    let d = tempfile::tempdir().unwrap();
-    let keys = keyset(&d.path().join("keys")).await;
-    let repo = edgeimg_release::Repo::new(d.path().join("repo"));
-    std::fs::create_dir_all(&repo.dir).unwrap();
-    let server = server::start(repo.dir.clone());
-    let e = Fleet { dir: d.path().to_path_buf(), _d: d, keys, repo, server };
+    let e = crate::tryboot::empty_fleet().await;
     let b1 = ship(&e, "1.0.0").await;
     let j = Jetson::new(&e, &b1);
     let always = |_: Slot| true;
@@ -312,12 +307,7 @@ async fn l4t_stage_try_commit_give_up_and_firmware_fallback() {
 /// A power cut at each step of staging: what boots next, and what the updater makes of it.
 #[tokio::test(flavor = "multi_thread")]
 async fn l4t_power_cut_while_staging() {
-    let d = tempfile::tempdir().unwrap();
-    let keys = keyset(&d.path().join("keys")).await;
-    let repo = edgeimg_release::Repo::new(d.path().join("repo"));
-    std::fs::create_dir_all(&repo.dir).unwrap();
-    let server = server::start(repo.dir.clone());
-    let e = Fleet { dir: d.path().to_path_buf(), _d: d, keys, repo, server };
+    let e = crate::tryboot::empty_fleet().await;
     let b1 = ship(&e, "1.0.0").await;
     let j = Jetson::new(&e, &b1);
     let always = |_: Slot| true;

@@ -135,6 +135,16 @@ fn part_file(root: &Path, s: Slot) -> PathBuf {
     root.join(format!("slots/{}", tryboot::boot_label(s)))
 }
 
+/// Keys, an empty repository and its server on 127.0.0.1; the test ships what it needs.
+pub async fn empty_fleet() -> Fleet {
+    let d = tempfile::tempdir().unwrap();
+    let keys = keyset(&d.path().join("keys")).await;
+    let repo = edgeimg_release::Repo::new(d.path().join("repo"));
+    std::fs::create_dir_all(&repo.dir).unwrap();
+    let server = server::start(repo.dir.clone());
+    Fleet { dir: d.path().to_path_buf(), _d: d, keys, repo, server }
+}
+
 /// Build, publish and roll out `version` to the whole fleet.
 async fn ship(e: &Fleet, version: &str) -> PathBuf {
     let b = whole_partition_build(&e.dir, BOARD, version);
@@ -145,12 +155,7 @@ async fn ship(e: &Fleet, version: &str) -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn tryboot_stage_power_cut_try_commit_and_roll_back() {
-    let d = tempfile::tempdir().unwrap();
-    let keys = keyset(&d.path().join("keys")).await;
-    let repo = edgeimg_release::Repo::new(d.path().join("repo"));
-    std::fs::create_dir_all(&repo.dir).unwrap();
-    let server = server::start(repo.dir.clone());
-    let e = Fleet { dir: d.path().to_path_buf(), _d: d, keys, repo, server };
+    let e = empty_fleet().await;
     let b1 = ship(&e, "1.0.0").await;
     let pi = Pi::new(&e, &b1);
     let slot_a = pi.part(Slot::A);
