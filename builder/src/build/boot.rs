@@ -45,15 +45,34 @@ pub struct KernelFiles {
     pub version: String,
 }
 
-/// Move /boot/vmlinuz-* and /boot/initrd.img-* out of the tree into `dest`.
+/// Move /boot/vmlinuz-* and /boot/initrd.img-* out of the tree into `dest`. A kernel
+/// package that installs /boot/Image without a version in its name (NVIDIA's L4T kernel)
+/// goes with the one initrd dracut made.
 pub fn take_kernel(tree: &Path, dest: &Path) -> Result<KernelFiles, BootError> {
     let boot = in_root(tree, "/boot");
-    let mut versions: Vec<String> = fs::read_dir(&boot)?
-        .flatten()
-        .filter_map(|e| e.file_name().to_str()?.strip_prefix("vmlinuz-").map(String::from))
-        .collect();
-    versions.sort();
-    let version = versions.pop().ok_or_else(|| BootError::Missing("/boot/vmlinuz-*".into()))?;
+    let named = |prefix: &str| -> Result<Vec<String>, BootError> {
+        let mut v: Vec<String> = fs::read_dir(&boot)?
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_prefix(prefix).map(String::from))
+            .collect();
+        v.sort();
+        Ok(v)
+    };
+    let (version, kernel_src) = match named("vmlinuz-")?.pop() {
+        Some(v) => (v.clone(), boot.join(format!("vmlinuz-{v}"))),
+        None if boot.join("Image").is_file() => match named("initrd.img-")?.as_slice() {
+            [v] => (v.clone(), boot.join("Image")),
+            [] => return Err(BootError::Missing("/boot/initrd.img-* for /boot/Image (dracut did not run?)".into())),
+            many => {
+                return Err(BootError::Missing(format!(
+                    "one kernel version for /boot/Image, but /usr/lib/modules has {} ({}): install one kernel",
+                    many.len(),
+                    many.join(", ")
+                )))
+            }
+        },
+        None => return Err(BootError::Missing("/boot/vmlinuz-* (or /boot/Image)".into())),
+    };
     let initrd_src = boot.join(format!("initrd.img-{version}"));
     if !initrd_src.exists() {
         return Err(BootError::Missing(format!("/boot/initrd.img-{version} (dracut did not run?)")));
@@ -61,7 +80,7 @@ pub fn take_kernel(tree: &Path, dest: &Path) -> Result<KernelFiles, BootError> {
     fs::create_dir_all(dest)?;
     let kernel = dest.join("linux");
     let initrd = dest.join("initrd");
-    fs::copy(boot.join(format!("vmlinuz-{version}")), &kernel)?;
+    fs::copy(&kernel_src, &kernel)?;
     fs::copy(&initrd_src, &initrd)?;
     // The root image does not need them; they would only cost space in every slot.
     for e in fs::read_dir(&boot)?.flatten() {
@@ -249,6 +268,12 @@ pub fn esp_image(out: &Path, input: &EspInput<'_>) -> Result<PathBuf, BootError>
             write_file(&staging, &format!("/{}", edgeimg_proto::tryboot::AUTOBOOT_FILE), autoboot, 0o644)?;
             return fat_image(&out.join("esp.img"), &staging, input.board.disk.esp_mib, "ESP", input.epoch);
         }
+        BootBackend::L4t => {
+            // L4TLauncher runs from the firmware and boots each slot from its own APP
+            // partition (`slot_partitions`); the ESP holds which slot edgeimg committed.
+            write_file(&staging, &format!("/{}", edgeimg_proto::l4t::COMMITTED_FILE), "a\n", 0o644)?;
+            return fat_image(&out.join("esp.img"), &staging, input.board.disk.esp_mib, "ESP", input.epoch);
+        }
     }
     board_files(&staging, input.board, input.board_file, input.tree)?;
     let file_of = |artifact: &str| {
@@ -293,37 +318,54 @@ fn fat_image(img: &Path, staging: &Path, mib: u64, label: &str, epoch: u64) -> R
     Ok(img.to_path_buf())
 }
 
-pub struct TrybootInput<'a> {
+pub struct SlotBootInput<'a> {
     pub board: &'a Board,
     pub board_file: &'a str,
     pub tree: &'a Path,
     pub kernel: &'a KernelFiles,
     pub cmdlines: &'a BTreeMap<Slot, String>,
+    /// Shown in boot menus, e.g. "k3s-edge 1.4.0".
+    pub title: &'a str,
     pub epoch: u64,
 }
 
-/// Raspberry Pi tryboot: each slot's boot partition as a FAT image of its own (the board's
-/// firmware, device trees and config.txt, the kernel, the initrd and the slot's
-/// cmdline.txt). The images differ only in cmdline.txt. An update writes the image of its
-/// slot to that slot's boot partition, whole; the other slot's is never downloaded.
+/// Boards whose firmware boots each slot from a partition of its own: that partition as a
+/// FAT image per slot, holding the board's boot files, the kernel, the initrd and what
+/// points the firmware at them with the slot's command line:
+/// - Raspberry Pi tryboot: firmware, device trees and config.txt, `vmlinuz`, `initrd.img`
+///   and `cmdline.txt`;
+/// - NVIDIA L4T: `/boot/Image`, `/boot/initrd` and `/boot/extlinux/extlinux.conf`, which
+///   L4TLauncher reads (edgeimg_proto::l4t).
 ///
-/// The image is as large as its files need (plus room for FAT and a little growth), not
-/// as large as the partition: an update downloads it.
-pub fn tryboot_partitions(work: &Path, input: &TrybootInput<'_>) -> Result<BootSet, BootError> {
-    use edgeimg_proto::tryboot::{self, CMDLINE_FILE, INITRD_FILE, KERNEL_FILE, WHOLE_PARTITION};
+/// The two images differ only in the command line. An update writes the image of its slot
+/// to that slot's partition, whole; the other slot's is never downloaded. The image is as
+/// large as its files need (plus room for FAT and a little growth), not as large as the
+/// partition: an update downloads it.
+pub fn slot_partitions(work: &Path, input: &SlotBootInput<'_>) -> Result<BootSet, BootError> {
+    use edgeimg_proto::{l4t, tryboot};
     let mut set = BootSet { artifacts: Vec::new(), slots: BTreeMap::new(), uki: false };
     for slot in Slot::ALL {
         let staging = work.join(format!("boot-{}-staging", slot.letter()));
         let _ = fs::remove_dir_all(&staging);
         fs::create_dir_all(&staging)?;
         board_files(&staging, input.board, input.board_file, input.tree)?;
-        let config = in_root(&staging, "/config.txt");
-        let mut text = fs::read_to_string(&config).unwrap_or_default();
-        text.push_str(&tryboot::config_txt_tail());
-        write_file(&staging, "/config.txt", text, 0o644)?;
-        fs::copy(&input.kernel.kernel, in_root(&staging, &format!("/{KERNEL_FILE}")))?;
-        fs::copy(&input.kernel.initrd, in_root(&staging, &format!("/{INITRD_FILE}")))?;
-        write_file(&staging, &format!("/{CMDLINE_FILE}"), format!("{}\n", input.cmdlines[&slot]), 0o644)?;
+        let cmdline = &input.cmdlines[&slot];
+        let (kernel, initrd) = match input.board.boot.backend {
+            BootBackend::L4t => {
+                write_file(&staging, l4t::EXTLINUX_FILE, l4t::extlinux_conf(input.title, cmdline), 0o644)?;
+                (l4t::KERNEL_FILE.to_string(), l4t::INITRD_FILE.to_string())
+            }
+            _ => {
+                let config = in_root(&staging, "/config.txt");
+                let mut text = fs::read_to_string(&config).unwrap_or_default();
+                text.push_str(&tryboot::config_txt_tail());
+                write_file(&staging, "/config.txt", text, 0o644)?;
+                write_file(&staging, &format!("/{}", tryboot::CMDLINE_FILE), format!("{cmdline}\n"), 0o644)?;
+                (format!("/{}", tryboot::KERNEL_FILE), format!("/{}", tryboot::INITRD_FILE))
+            }
+        };
+        write_file(&staging, &kernel, fs::read(&input.kernel.kernel)?, 0o644)?;
+        write_file(&staging, &initrd, fs::read(&input.kernel.initrd)?, 0o644)?;
         clamp_mtimes(&staging, input.epoch as i64)?;
 
         let used = crate::fsutil::tree_size(&staging)?;
@@ -333,11 +375,13 @@ pub fn tryboot_partitions(work: &Path, input: &TrybootInput<'_>) -> Result<BootS
         if mib > have {
             return Err(BootError::TooBig { need: mib, have, key: "disk.boot_mib", board: input.board_file.into() });
         }
+        // The payload artifact keeps tryboot's name for every such board: "the image of
+        // slot X's boot partition".
         let name = format!("{}.vfat", tryboot::boot_label(slot));
         let label = format!("BOOT-{}", slot.letter().to_uppercase());
         let img = fat_image(&work.join(&name), &staging, mib, &label, input.epoch)?;
         set.artifacts.push((name.clone(), img));
-        set.slots.insert(slot, vec![(name, WHOLE_PARTITION.to_string())]);
+        set.slots.insert(slot, vec![(name, tryboot::WHOLE_PARTITION.to_string())]);
     }
     Ok(set)
 }
@@ -542,6 +586,92 @@ mod tests {
         assert!(!wildcard("bcm2711-*.dtb", "bcm2712-rpi-5-b.dtb"));
         assert!(!wildcard("ab*ba", "aba"), "prefix and suffix may not overlap");
         assert!(wildcard("start4.elf", "start4.elf") && !wildcard("start4.elf", "start4x.elf"));
+    }
+
+    #[test]
+    fn take_kernel_finds_debians_and_nvidias_kernel() {
+        let put = |t: &Path, files: &[&str]| {
+            fs::create_dir_all(t.join("boot")).unwrap();
+            for f in files {
+                fs::write(t.join("boot").join(f), f).unwrap();
+            }
+        };
+        let t = tempfile::tempdir().unwrap();
+        let dest = t.path().join("out");
+        // Debian: the version is in the kernel's name; the newest wins.
+        let deb = t.path().join("deb");
+        put(&deb, &["vmlinuz-6.1.0", "initrd.img-6.1.0", "vmlinuz-6.12.1", "initrd.img-6.12.1", "config-6.12.1"]);
+        let k = take_kernel(&deb, &dest).unwrap();
+        assert_eq!((k.version.as_str(), fs::read_to_string(&k.kernel).unwrap().as_str()), ("6.12.1", "vmlinuz-6.12.1"));
+        assert_eq!(fs::read_dir(deb.join("boot")).unwrap().count(), 0, "/boot is emptied");
+        // NVIDIA's L4T kernel package: /boot/Image, and the one initrd dracut made.
+        let l4t = t.path().join("l4t");
+        put(&l4t, &["Image", "initrd.img-5.15.148-tegra"]);
+        let k = take_kernel(&l4t, &dest).unwrap();
+        assert_eq!((k.version.as_str(), fs::read_to_string(&k.kernel).unwrap().as_str()), ("5.15.148-tegra", "Image"));
+        assert_eq!(fs::read_to_string(&k.initrd).unwrap(), "initrd.img-5.15.148-tegra");
+        let two = t.path().join("two");
+        put(&two, &["Image", "initrd.img-5.15.1-tegra", "initrd.img-5.15.2-tegra"]);
+        assert!(take_kernel(&two, &dest).unwrap_err().to_string().contains("install one kernel"));
+        let none = t.path().join("none");
+        put(&none, &["Image"]);
+        assert!(take_kernel(&none, &dest).unwrap_err().to_string().contains("dracut did not run"));
+        let empty = t.path().join("empty");
+        put(&empty, &[]);
+        assert!(take_kernel(&empty, &dest).unwrap_err().to_string().contains("/boot/vmlinuz-* (or /boot/Image)"));
+    }
+
+    #[test]
+    fn l4t_slot_partitions_hold_extlinux_kernel_and_initrd() {
+        let t = tempfile::tempdir().unwrap();
+        let src = crate::config::source::Source::from_text(
+            "test board",
+            "name = \"jet\"\narch = \"arm64\"\n[boot]\nbackend = \"l4t\"\n[disk]\nboot_mib = 64\n",
+        );
+        let board = Board::load(&src).unwrap();
+        let (kernel, initrd) = (t.path().join("Image"), t.path().join("initrd"));
+        fs::write(&kernel, vec![1u8; 3 << 20]).unwrap();
+        fs::write(&initrd, vec![2u8; 1 << 20]).unwrap();
+        let k = KernelFiles { kernel, initrd, version: "5.15.148-tegra".into() };
+        let cmdlines: BTreeMap<Slot, String> =
+            Slot::ALL.iter().map(|&s| (s, format!("ro roothash=00 edgeimg.slot={}", s.letter()))).collect();
+        let work = t.path().join("work");
+        fs::create_dir_all(&work).unwrap();
+        let input = SlotBootInput {
+            board: &board,
+            board_file: "jet.toml",
+            tree: t.path(),
+            kernel: &k,
+            cmdlines: &cmdlines,
+            title: "edge 1.0",
+            epoch: 1_700_000_000,
+        };
+        let set = slot_partitions(&work, &input).unwrap();
+        assert_eq!(set.artifacts.iter().map(|(n, _)| n.as_str()).collect::<Vec<_>>(), ["boot-a.vfat", "boot-b.vfat"]);
+        for (slot, (_, img)) in Slot::ALL.iter().zip(&set.artifacts) {
+            assert_eq!(set.slots[slot], [(format!("boot-{}.vfat", slot.letter()), "/".to_string())]);
+            let read = |path: &str| {
+                let o = std::process::Command::new("mtype")
+                    .env("MTOOLS_SKIP_CHECK", "1")
+                    .args(["-i"])
+                    .arg(img)
+                    .arg(format!("::{path}"))
+                    .output()
+                    .expect("mtools");
+                assert!(o.status.success(), "{path} in {}", img.display());
+                o.stdout
+            };
+            let e =
+                edgeimg_proto::l4t::parse_extlinux(&String::from_utf8(read("/boot/extlinux/extlinux.conf")).unwrap())
+                    .unwrap();
+            assert_eq!(e.append, cmdlines[slot]);
+            assert_eq!(read(&e.linux).len(), 3 << 20);
+            assert_eq!(read(e.initrd.as_deref().unwrap()), vec![2u8; 1 << 20]);
+        }
+        // Too small a partition for the files: refused with the key to change.
+        let small = Board { disk: crate::config::board::Disk { boot_mib: 8, ..board.disk.clone() }, ..board.clone() };
+        let e = slot_partitions(&work, &SlotBootInput { board: &small, ..input }).unwrap_err().to_string();
+        assert!(e.contains("disk.boot_mib"), "{e}");
     }
 
     #[test]

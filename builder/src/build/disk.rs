@@ -9,10 +9,9 @@ use edgeimg_proto::slot::{DATA_LABEL, ESP_LABEL};
 use edgeimg_proto::Slot;
 
 use super::boot::partition_guid;
-use crate::config::{Board, BootBackend};
+use crate::config::Board;
 use crate::gpt::{self, Guid, Partition, Table};
 use crate::tools::{Cmd, ToolError};
-use edgeimg_proto::tryboot;
 
 const MIB: u64 = 1 << 20;
 const MIB_SECTORS: u64 = MIB / gpt::SECTOR;
@@ -34,10 +33,11 @@ pub fn layout(board: &Board) -> Table {
     let (root_t, verity_t) = board.arch.root_type_guids();
     let d = &board.disk;
     let mut parts: Vec<(String, &str, u64)> = vec![(ESP_LABEL.into(), gpt::types::ESP, d.esp_mib)];
-    if board.boot.backend == BootBackend::Tryboot {
-        // Partitions 2 and 3, as autoboot.txt names them (edgeimg_proto::tryboot).
-        for s in Slot::ALL {
-            parts.push((tryboot::boot_label(s), gpt::types::MS_BASIC_DATA, d.boot_mib));
+    // Partitions 2 and 3: tryboot's autoboot.txt names them by number
+    // (edgeimg_proto::tryboot), L4TLauncher finds them by name (edgeimg_proto::l4t).
+    for s in Slot::ALL {
+        if let Some(label) = board.boot.backend.slot_boot_label(s) {
+            parts.push((label, gpt::types::MS_BASIC_DATA, d.boot_mib));
         }
     }
     for s in Slot::ALL {
@@ -164,9 +164,10 @@ pub fn assemble(path: &Path, table: &Table, contents: &[(&str, &Path)]) -> Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use edgeimg_proto::tryboot;
 
     #[test]
-    fn tryboot_boards_put_each_slots_boot_partition_where_autoboot_txt_says() {
+    fn per_slot_boot_partitions_are_where_the_firmware_looks() {
         for name in ["rpi5", "rpi4-tryboot"] {
             let (board, _) = crate::config::load_board(name, Some(Path::new("/nonexistent"))).unwrap();
             let t = layout(&board);
@@ -180,6 +181,10 @@ mod tests {
             }
             assert_eq!(t.partitions[0].type_guid.to_string().to_uppercase(), gpt::types::ESP);
         }
+        let (l4t, _) = crate::config::load_board("jetson-orin-nano", Some(Path::new("/nonexistent"))).unwrap();
+        let labels: Vec<String> = layout(&l4t).partitions.iter().map(|p| p.label.clone()).collect();
+        // L4TLauncher looks the slots' APP partitions up by these names (edgeimg_proto::l4t).
+        assert_eq!(labels, ["esp", "APP", "APP_b", "root-a", "verity-a", "root-b", "verity-b", "data"]);
         let (uboot, _) = crate::config::load_board("rpi4", Some(Path::new("/nonexistent"))).unwrap();
         assert_eq!(layout(&uboot).partitions.len(), 6, "U-Boot boards keep one boot partition");
     }

@@ -434,14 +434,15 @@ impl Ctx<'_> {
             Slot::ALL.iter().map(|&s| (s, boot::cmdline(board, s, &root.roothash))).collect();
         let secure_boot = recipe.secure_boot.as_ref().map(|sb| (sb, self.recipe.dir.as_path()));
         let boot_set = match board.boot.backend {
-            config::BootBackend::Tryboot => boot::tryboot_partitions(
+            b if b.boot_partition_per_slot() => boot::slot_partitions(
                 &work,
-                &boot::TrybootInput {
+                &boot::SlotBootInput {
                     board,
                     board_file: &board_file,
                     tree: base,
                     kernel: &kernel,
                     cmdlines: &cmdlines,
+                    title: &title,
                     epoch,
                 },
             )?,
@@ -466,12 +467,12 @@ impl Ctx<'_> {
         let (root_a, verity_a) = (Slot::A.root_label(), Slot::A.verity_label());
         let mut contents: Vec<(&str, &Path)> =
             vec![(ESP_LABEL, &esp), (&root_a, &root.image), (&verity_a, &root.verity), (DATA_LABEL, &data)];
-        // Tryboot: slot A's own boot partition (slot B's stays empty until an update).
-        let boot_a = edgeimg_proto::tryboot::boot_label(Slot::A);
-        if board.boot.backend == config::BootBackend::Tryboot {
+        // Tryboot, L4T: slot A's own boot partition (slot B's stays empty until an update).
+        let boot_a = board.boot.backend.slot_boot_label(Slot::A);
+        if let Some(label) = &boot_a {
             let name = &boot_set.slots[&Slot::A][0].0;
-            let (_, img) = boot_set.artifacts.iter().find(|(n, _)| n == name).expect("tryboot_partitions made it");
-            contents.push((&boot_a, img));
+            let (_, img) = boot_set.artifacts.iter().find(|(n, _)| n == name).expect("slot_partitions made it");
+            contents.push((label, img));
         }
         disk::assemble(&disk_img, &table, &contents)?;
         timings.insert(

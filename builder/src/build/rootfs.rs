@@ -198,6 +198,9 @@ fn base_packages(board: &Board) -> Vec<&'static str> {
         BootBackend::UBoot => v.push("libubootenv-tool"),
         // The updater rewrites autoboot.txt and writes boot partitions itself.
         BootBackend::Tryboot => {}
+        // The board's L4T packages bring nvbootctrl; the updater writes the APP partitions
+        // and NVIDIA's UEFI variables itself.
+        BootBackend::L4t => {}
     }
     v
 }
@@ -920,6 +923,28 @@ mod tests {
         assert_ne!(
             spec(&board("rpi5"), &recipe, "r".into(), 1).key(),
             spec(&board("rpi4"), &recipe, "r".into(), 1).key()
+        );
+    }
+
+    #[test]
+    fn jetson_takes_nvidias_kernel_and_tools_from_nvidias_repositories() {
+        let dir = env!("CARGO_MANIFEST_DIR");
+        let recipe = crate::config::load_recipe(Path::new(&format!("{dir}/../recipes/k3s-edge.toml"))).unwrap();
+        let b = board("jetson-orin-nano");
+        let s = spec(&b, &recipe, "r".into(), 1);
+        assert!(s.packages.iter().any(|x| x == "nvidia-l4t-kernel"), "{:?}", s.packages);
+        // nvbootctrl and the retry-count service, in the board layer.
+        for p in ["nvidia-l4t-tools", "nvidia-l4t-init"] {
+            assert!(b.firmware.packages.iter().any(|x| x == p), "{p}: {:?}", b.firmware.packages);
+        }
+        assert!(!s.packages.iter().any(|p| p == "linux-image-arm64" || p == "libubootenv-tool"), "{:?}", s.packages);
+        let urls: Vec<(&str, &str)> = s.sources.iter().map(|x| (x.url.as_str(), x.suite.as_str())).collect();
+        assert_eq!(
+            urls,
+            [
+                ("https://repo.download.nvidia.com/jetson/common", "r36.4"),
+                ("https://repo.download.nvidia.com/jetson/t234", "r36.4")
+            ]
         );
     }
 

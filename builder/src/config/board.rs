@@ -143,7 +143,7 @@ pub struct BootFileCopy {
 }
 
 /// Paths on the boot partition that edgeimg itself writes: boards may not claim them.
-pub const RESERVED_BOOT_PATHS: [&str; 11] = [
+pub const RESERVED_BOOT_PATHS: [&str; 14] = [
     "/edgeimg",
     "/loader",
     "/EFI",
@@ -155,6 +155,9 @@ pub const RESERVED_BOOT_PATHS: [&str; 11] = [
     "/cmdline.txt",
     "/vmlinuz",
     "/initrd.img",
+    "/boot/extlinux",
+    "/boot/Image",
+    "/boot/initrd",
 ];
 
 fn default_tries() -> u32 {
@@ -174,6 +177,11 @@ pub enum BootBackend {
     /// has a boot partition of its own and is tried once after `reboot "0 tryboot"`. Needs
     /// Raspberry Pi's kernel (Debian's cannot ask the firmware for a tryboot).
     Tryboot,
+    /// NVIDIA Jetson, JetPack 6 / L4T r36 (UEFI): NVIDIA's L4TLauncher boots the rootfs slot
+    /// of the firmware's boot chain, reading extlinux.conf from the slot's `APP` / `APP_b`
+    /// partition (a small FAT filesystem per slot); NVIDIA's retry count falls back, the
+    /// updater arms a slot with `nvbootctrl` (edgeimg_proto::l4t).
+    L4t,
 }
 
 impl BootBackend {
@@ -182,6 +190,23 @@ impl BootBackend {
             BootBackend::SystemdBoot => "systemd-boot",
             BootBackend::UBoot => "u-boot",
             BootBackend::Tryboot => "tryboot",
+            BootBackend::L4t => "l4t",
+        }
+    }
+
+    /// Each slot boots from a partition of its own, written whole by an update (the
+    /// firmware picks the partition; there is no shared loader configuration).
+    pub fn boot_partition_per_slot(self) -> bool {
+        self.slot_boot_label(edgeimg_proto::Slot::A).is_some()
+    }
+
+    /// GPT name of a slot's own boot partition, where the firmware looks for it: `boot-a`
+    /// (tryboot, found by partition number), `APP` / `APP_b` (l4t, found by name).
+    pub fn slot_boot_label(self, slot: edgeimg_proto::Slot) -> Option<String> {
+        match self {
+            BootBackend::Tryboot => Some(edgeimg_proto::tryboot::boot_label(slot)),
+            BootBackend::L4t => Some(edgeimg_proto::l4t::app_label(slot).to_string()),
+            BootBackend::SystemdBoot | BootBackend::UBoot => None,
         }
     }
 }
@@ -218,11 +243,12 @@ pub struct Firmware {
 #[serde(deny_unknown_fields)]
 pub struct Disk {
     /// EFI system partition (holds the loader and each slot's kernel + initrd). With
-    /// `boot.backend = "tryboot"` it holds only autoboot.txt.
+    /// `boot.backend = "tryboot"` it holds only autoboot.txt; with `"l4t"` only edgeimg's
+    /// record of the committed slot.
     #[serde(default = "default_esp")]
     pub esp_mib: u64,
     /// Each slot's own boot partition (firmware, device trees, kernel, initrd): only with
-    /// `boot.backend = "tryboot"`, which needs it.
+    /// `boot.backend = "tryboot"` or `"l4t"`, which need it.
     #[serde(default)]
     pub boot_mib: u64,
     /// Each root slot (A and B).
@@ -306,31 +332,45 @@ impl Board {
         if self.boot.tries == 0 || self.boot.tries > 9 {
             return Err(src.error_at("boot.tries", "must be between 1 and 9"));
         }
-        if self.boot.backend == BootBackend::Tryboot {
-            if self.boot.tries != 1 {
-                return Err(src.error_at(
-                    "boot.tries",
-                    "the firmware tries a slot exactly once with tryboot: set tries = 1 (or leave it out)",
-                ));
-            }
-            if self.arch != Arch::Arm64 {
-                return Err(
-                    src.error_at("boot.backend", "tryboot is the Raspberry Pi firmware's: use arch = \"arm64\"")
-                );
-            }
-            if d.boot_mib < 64 {
-                return Err(src.error_at(
-                    "disk.boot_mib",
-                    "tryboot gives each slot a boot partition of its own: set boot_mib to at least 64 \
-                     (firmware, device trees, kernel and initrd; 256 is safe)",
-                ));
-            }
-        } else if d.boot_mib != 0 {
+        let per_slot = self.boot.backend.boot_partition_per_slot();
+        if self.boot.backend == BootBackend::Tryboot && self.boot.tries != 1 {
+            return Err(src.error_at(
+                "boot.tries",
+                "the firmware tries a slot exactly once with tryboot: set tries = 1 (or leave it out)",
+            ));
+        }
+        if self.boot.backend == BootBackend::L4t && self.boot.tries != 1 {
+            return Err(src.error_at(
+                "boot.tries",
+                "with l4t NVIDIA's firmware counts the tries (RootfsRetryCountMax, a UEFI variable, 3 by default): \
+                 leave tries out",
+            ));
+        }
+        if per_slot && self.arch != Arch::Arm64 {
+            let whose = match self.boot.backend {
+                BootBackend::L4t => "NVIDIA's Jetson firmware",
+                _ => "the Raspberry Pi firmware",
+            };
+            return Err(
+                src.error_at("boot.backend", format!("{} is {whose}: use arch = \"arm64\"", self.boot.backend.name()))
+            );
+        }
+        if per_slot && d.boot_mib < 64 {
             return Err(src.error_at(
                 "disk.boot_mib",
                 format!(
-                    "only boot.backend = \"tryboot\" has a boot partition per slot; with {} the slots share \
-                     the ESP (disk.esp_mib): remove boot_mib",
+                    "{} gives each slot a boot partition of its own: set boot_mib to at least 64 \
+                     (kernel, initrd and the board's boot files; 256 is safe)",
+                    self.boot.backend.name()
+                ),
+            ));
+        }
+        if !per_slot && d.boot_mib != 0 {
+            return Err(src.error_at(
+                "disk.boot_mib",
+                format!(
+                    "only boot.backend = \"tryboot\" or \"l4t\" has a boot partition per slot; with {} the slots \
+                     share the ESP (disk.esp_mib): remove boot_mib",
                     self.boot.backend.name()
                 ),
             ));
@@ -474,7 +514,7 @@ mod tests {
     }
 
     #[test]
-    fn tryboot_needs_a_boot_partition_per_slot_and_one_try() {
+    fn tryboot_and_l4t_need_a_boot_partition_per_slot_and_one_try() {
         let dir = tempfile::tempdir().unwrap();
         let board = |text: &str| {
             let path = dir.path().join("pi.toml");
@@ -483,10 +523,14 @@ mod tests {
         };
         let ok = board("[boot]\nbackend = \"tryboot\"\n[disk]\nboot_mib = 256\n").unwrap();
         assert_eq!((ok.boot.backend.name(), ok.boot.tries, ok.disk.boot_mib), ("tryboot", 1, 256));
+        let ok = board("[boot]\nbackend = \"l4t\"\n[disk]\nboot_mib = 128\n").unwrap();
+        assert!(ok.boot.backend.boot_partition_per_slot() && ok.boot.backend.name() == "l4t");
         for (text, key, want) in [
             ("[boot]\nbackend = \"tryboot\"\n", "disk.boot_mib", "at least 64"),
             ("[boot]\nbackend = \"tryboot\"\ntries = 2\n[disk]\nboot_mib = 256\n", "boot.tries", "exactly once"),
             ("[boot]\nbackend = \"u-boot\"\n[disk]\nboot_mib = 256\n", "disk.boot_mib", "remove boot_mib"),
+            ("[boot]\nbackend = \"l4t\"\n", "disk.boot_mib", "l4t gives each slot"),
+            ("[boot]\nbackend = \"l4t\"\ntries = 3\n[disk]\nboot_mib = 128\n", "boot.tries", "RootfsRetryCountMax"),
             (
                 "[boot]\nbackend = \"tryboot\"\n[boot.write]\n\"/cmdline.txt\" = \"x\"\n[disk]\nboot_mib = 256\n",
                 "boot.write.\"/cmdline.txt\"",

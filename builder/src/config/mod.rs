@@ -28,6 +28,7 @@ pub const BUILTIN_BOARDS: &[(&str, &str)] = &[
     ("rpi4", include_str!("../../../boards/rpi4.toml")),
     ("rpi4-tryboot", include_str!("../../../boards/rpi4-tryboot.toml")),
     ("rpi5", include_str!("../../../boards/rpi5.toml")),
+    ("jetson-orin-nano", include_str!("../../../boards/jetson-orin-nano.toml")),
 ];
 
 /// Find a board by name (in `boards_dir`, then the built-in set) or by path.

@@ -111,8 +111,10 @@ pub fn customize(root: &Path, input: &Input<'_>) -> Result<Summary, CustomizeErr
     if let Some(t) = input.tpm_tool {
         system::tpm(root, t)?;
     }
-    if input.board.boot.backend == crate::config::BootBackend::UBoot {
-        system::uboot_env(root, input.board.boot.tries)?;
+    match input.board.boot.backend {
+        crate::config::BootBackend::UBoot => system::uboot_env(root, input.board.boot.tries)?,
+        crate::config::BootBackend::L4t => system::l4t_retry_hold(root)?,
+        _ => {}
     }
     if let (Some(k), Some(f)) = (&r.k3s, input.k3s) {
         summary.k3s = Some(super::k3s::install(root, k, input.recipe, f)?);

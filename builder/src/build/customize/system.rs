@@ -389,6 +389,26 @@ pub fn default_enabled(root: &Path, ssh: bool) -> Vec<&'static str> {
     v
 }
 
+/// L4T boards: NVIDIA's `nv-l4t-bootloader-config.service` clears the firmware's rootfs
+/// retry count once Linux runs, which would make any slot that reaches userspace stick,
+/// even one that then hangs before its health checks pass. On a trial boot it waits: the
+/// condition skips it, and the updater starts it after the commit (edgeimg_proto::l4t).
+pub fn l4t_retry_hold(root: &Path) -> io::Result<()> {
+    use edgeimg_proto::l4t::RETRY_SERVICE;
+    write_file(
+        root,
+        &format!("/usr/lib/systemd/system/{RETRY_SERVICE}.d/edgeimg-trial.conf"),
+        "# Written by edgeimg: on a trial boot, L4T's retry count is cleared only after the health\n\
+         # checks pass (edgeimg-updater starts this unit when it commits the slot). Until then a\n\
+         # hang or reset counts as a failed try, and the firmware falls back after its tries.\n\
+         [Unit]\n\
+         RequiresMountsFor=/efi\n\n\
+         [Service]\n\
+         ExecCondition=/usr/bin/edgeimg-updater committed\n",
+        0o644,
+    )
+}
+
 /// U-Boot boards: where `fw_printenv`/`fw_setenv` find the two copies of the boot state on
 /// the boot partition (mounted at /efi), and the state they fall back to when a copy fails
 /// its CRC (`/etc/u-boot-initial-env`, libubootenv's default). `/etc/fw_env.config` names
