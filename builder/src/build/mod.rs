@@ -7,6 +7,7 @@
 pub mod boot;
 pub mod customize;
 pub mod disk;
+mod generic_initrd;
 pub mod gitops;
 pub mod helm;
 pub mod k3s;
