@@ -8,7 +8,9 @@
 # kernel, device tree and initrd from the boot partition boot the root slot to userspace
 # under QEMU's raspi4b machine. QEMU cannot run the Pi firmware, so the firmware and U-Boot
 # stages are checked structurally only; the A/B script itself is the one arm64-image.sh
-# boots. The device tree gets a test-only patch for what QEMU's raspi4b lacks.
+# boots. The device tree gets a test-only patch for what QEMU's raspi4b lacks. Then, from
+# the same cached trees, the tryboot layout and the Jetson (L4T) layout, whose slot A boots
+# under QEMU virt from what its extlinux.conf names.
 source "$(dirname "$0")/../lib.sh"
 source "$ROOT/tests/lib-images.sh"
 trap 'stop_services; [ -n "${CTRD_PID:-}" ] && kill "$CTRD_PID" 2>/dev/null; true' EXIT
@@ -173,6 +175,9 @@ truncate -s $p2 "$T/sd.img"
 # check that waits for its node are masked: this boot is about the board, not K3s.
 qcmd="$(sed -E 's/console=[^ ]+//g' <<<"$cmdline") console=ttyAMA0,115200 clk_ignore_unused systemd.mask=systemd-networkd-wait-online.service"
 qcmd+=" systemd.mask=k3s.service systemd.mask=edgeimg-health.service"
+# The emulated SD controller's driver can take minutes to load under TCG on a loaded host:
+# wait for the root partition longer than systemd's default 90 s.
+qcmd+=" systemd.default_device_timeout_sec=600"
 t0=$(now)
 timeout -k 5 900 qemu-system-aarch64 -M raspi4b -accel tcg -kernel "$T/boot/edgeimg/slot-a/linux" -dtb "$T/pi4-qemu.dtb" \
     -initrd "$T/boot/edgeimg/slot-a/initrd" -append "$qcmd" -drive "file=$T/sd.img,if=sd,format=raw" \
@@ -204,7 +209,21 @@ log "the tryboot layout (boards/rpi4-tryboot.toml's, with Debian's kernel) from 
 # boards install, is added to the recipe for the same reason), and the build shows the
 # tryboot partitions, autoboot.txt, each slot's boot partition and the update payload.
 mkdir -p "$T/boards"
-cat >"$T/boards/rpi4-tryboot-debian.toml" <<'BOARD'
+# What makes a board share rpi4's base tree and board layer: rpi4's initrd drivers and
+# firmware packages, with Debian's kernel. The board-specific part goes before it.
+rpi4_trees="$(grep '^initrd_drivers' "$ROOT/boards/rpi4.toml")
+[firmware]
+packages = [\"raspi-firmware\", \"u-boot-rpi\", \"firmware-brcm80211\"]
+components = [\"non-free-firmware\"]
+[disk]
+esp_mib = 64
+boot_mib = 256
+root_mib = 2048
+verity_mib = 24
+data_mib = 512"
+grep -q '^packages = \["raspi-firmware", "u-boot-rpi", "firmware-brcm80211"\]' "$ROOT/boards/rpi4.toml" \
+    || fail "boards/rpi4.toml's firmware packages changed: update rpi4_trees here so that these boards share rpi4's board layer"
+cat >"$T/boards/rpi4-tryboot-debian.toml" <<BOARD
 name = "rpi4-tryboot-debian"
 arch = "arm64"
 [boot]
@@ -219,22 +238,11 @@ to = "/"
 from = "/usr/lib/linux-image-*/broadcom/bcm2711-*.dtb"
 to = "/"
 [boot.write]
-"/config.txt" = "arm_64bit=1\nenable_uart=1\nupstream_kernel=1\n"
+"/config.txt" = "arm_64bit=1\\nenable_uart=1\\nupstream_kernel=1\\n"
 [kernel]
 console = "ttyS1,115200"
-initrd_drivers = ["mmc_block", "sdhci_iproc", "usb_storage", "uas", "xhci_pci", "pcie_brcmstb", "reset_raspberrypi"]
-[firmware]
-packages = ["raspi-firmware", "u-boot-rpi", "firmware-brcm80211"]
-components = ["non-free-firmware"]
-[disk]
-esp_mib = 64
-boot_mib = 256
-root_mib = 2048
-verity_mib = 24
-data_mib = 512
+$rpi4_trees
 BOARD
-[ "$(grep '^initrd_drivers' "$ROOT/boards/rpi4.toml")" = "$(grep '^initrd_drivers' "$T/boards/rpi4-tryboot-debian.toml")" ] \
-    || fail "boards/rpi4.toml's initrd drivers changed: update this test's board so that it shares rpi4's board layer"
 sed 's/^packages = \["openssh-server"/packages = ["libubootenv-tool", "openssh-server"/' "$R/k3s-edge.toml" >"$R/k3s-edge-tryboot.toml"
 grep -q libubootenv-tool "$R/k3s-edge-tryboot.toml" || fail "recipes/k3s-edge.toml's packages line changed"
 t0=$(now)
@@ -284,4 +292,101 @@ cmp -s "$P/boot-a.vfat" <(head -c "$(stat -c %s "$P/boot-a.vfat")" <(tail -c +$(
     || fail "partition boot-a does not start with the payload's boot-a.vfat"
 MTOOLS_SKIP_CHECK=1 mtype -i "$P/boot-b.vfat" ::/cmdline.txt | grep -qw "edgeimg.slot=b" || fail "boot-b.vfat's cmdline.txt does not boot slot B"
 ok "payload: one image per slot's boot partition (boot-a.vfat is partition 2 byte for byte; boot-b.vfat boots slot B, $(( $(stat -c %s "$P/boot-b.vfat") >> 20 )) MiB)"
+log "the L4T layout (boards/jetson-orin-nano.toml's, with Debian's kernel) from the same cached trees"
+# NVIDIA's repository and Jetson hardware are out of reach here, so this board is
+# jetson-orin-nano's layout with Debian's kernel and rpi4's packages (sharing rpi4's cached
+# trees, as the tryboot board above). Checked: the GPT names L4TLauncher looks up, the ESP's
+# commit record, extlinux.conf on slot A's APP partition against the root partitions, the
+# payload, the retry-count drop-in; then an L4TLauncher stand-in boots slot A on QEMU virt
+# from what extlinux.conf names (LINUX, INITRD, APPEND as written).
+cat >"$T/boards/jetson-l4t-debian.toml" <<BOARD
+name = "jetson-l4t-debian"
+arch = "arm64"
+[boot]
+backend = "l4t"
+[kernel]
+console = "ttyAMA0,115200"
+$rpi4_trees
+BOARD
+t0=$(now)
+"$EDGEIMG" build --board "$T/boards/jetson-l4t-debian.toml" --recipe "$R/k3s-edge-tryboot.toml" --out "$OUT" --updater "$updater" \
+    >"$T/build-l4t.log" 2>&1 || { tail -n 30 "$T/build-l4t.log"; fail "L4T build failed (log $T/build-l4t.log)"; }
+B=$OUT/jetson-l4t-debian/k3s-edge/1.0.0
+jq -e '.debian.rootfs_cached and .debian.board_layer_cached' "$B/report.json" >/dev/null \
+    || fail "the L4T build did not reuse rpi4's trees: $(jq -c .debian "$B/report.json")"
+ok "built in $(elapsed "$t0") s from rpi4's cached base tree and board layer"
+disk=$B/disk.img
+sgdisk -v "$disk" | grep -q "No problems found" || fail "sgdisk finds problems in the GPT"
+labels=$(sgdisk -p "$disk" | awk '/^ +[0-9]/ {printf "%s:%s ", $1, $7}')
+[ "$labels" = "1:esp 2:APP 3:APP_b 4:root-a 5:verity-a 6:root-b 7:verity-b 8:data " ] || fail "partitions: $labels"
+ok "sgdisk: slot A boots from partition APP, slot B from APP_b, the names L4TLauncher looks up ($labels)"
+rec=$(MTOOLS_SKIP_CHECK=1 mtype -i "$disk@@$(part_offset "$disk" esp)" ::/edgeimg/l4t-committed) || fail "no edgeimg/l4t-committed on the ESP"
+[ "$rec" = a ] || fail "the ESP's commit record says '$rec', want a"
+ok "ESP: edgeimg/l4t-committed names slot A"
+rm -rf "$T/app"; mkdir -p "$T/app"
+MTOOLS_SKIP_CHECK=1 mcopy -s -n -i "$disk@@$(part_offset "$disk" APP)" '::/*' "$T/app/" || fail "cannot copy APP out"
+ext=$T/app/boot/extlinux/extlinux.conf
+[ -s "$ext" ] || fail "APP: no boot/extlinux/extlinux.conf ($(cd "$T/app" && find . -type f | tr '\n' ' '))"
+# The entry as L4TLauncher reads it: DEFAULT names a LABEL, whose LINUX, INITRD and APPEND
+# are paths on this partition and the kernel command line.
+entry() { awk -v key="$1" '$1 == "DEFAULT" {d = $2} $1 == "LABEL" {l = $2} l == d && $1 == key {sub(/^[ \t]*[A-Z]+[ \t]+/, ""); print; exit}' "$ext"; }
+linux=$(entry LINUX); initrd=$(entry INITRD); append=$(entry APPEND)
+[ "$linux" = /boot/Image ] && [ "$initrd" = /boot/initrd ] || fail "extlinux.conf: LINUX '$linux', INITRD '$initrd': $(cat "$ext")"
+file -b "$T/app$linux" | grep -q "Linux kernel ARM64 boot executable Image" || fail "APP$linux: $(file -b "$T/app$linux")"
+cmp -s "$T/app$linux" "$T/boot/edgeimg/slot-a/linux" || fail "APP's kernel differs from the rpi4 image's"
+lroot=$(tr ' ' '\n' <<<"$append" | sed -n 's/^roothash=//p')
+grep -qw "edgeimg.slot=a" <<<"$append" && [ ${#lroot} = 64 ] || fail "extlinux.conf APPEND: $append"
+ok "APP: extlinux.conf's default entry boots $linux (ARM64 Image) with $initrd and slot A's command line"
+part root-a "$T/root-a.img"
+part verity-a "$T/verity-a.img"
+veritysetup verify "$T/root-a.img" "$T/verity-a.img" "$lroot" || fail "veritysetup rejects root-a with APP's root hash"
+rm -rf "$T/l4t-root"
+fsck.erofs --extract="$T/l4t-root" "$T/root-a.img" >/dev/null 2>&1 || fail "fsck.erofs cannot extract root-a"
+rm -f "$T/root-a.img" "$T/verity-a.img"
+ok "veritysetup verify accepts root-a with the root hash in APP's extlinux.conf"
+grep -qx 'ExecCondition=/usr/bin/edgeimg-updater committed' \
+    "$T/l4t-root/usr/lib/systemd/system/nv-l4t-bootloader-config.service.d/edgeimg-trial.conf" \
+    || fail "the image does not hold L4T's retry-count service back on trial boots"
+grep -qx 'backend = "l4t"' "$T/l4t-root/usr/lib/edgeimg/updater.toml" || fail "updater.toml: $(grep backend "$T/l4t-root/usr/lib/edgeimg/updater.toml")"
+rm -rf "$T/l4t-root"
+ok "root-a: the updater's l4t backend, and the drop-in that holds nv-l4t-bootloader-config back until a commit"
+b_off=$(part_offset "$disk" APP_b)
+[ "$(od -An -tx1 -j $((b_off + 510)) -N2 "$disk" | tr -d ' ')" != 55aa ] || fail "APP_b holds a filesystem in a fresh image"
+P=$B/payload
+jq -e '.slots.a.files == [{"artifact": "boot-a.vfat", "path": "/"}] and .slots.b.files == [{"artifact": "boot-b.vfat", "path": "/"}]' \
+    "$P/payload.json" >/dev/null || fail "payload.json: $(jq -c '.slots' "$P/payload.json")"
+app_off=$(part_offset "$disk" APP)
+cmp -s "$P/boot-a.vfat" <(head -c "$(stat -c %s "$P/boot-a.vfat")" <(tail -c +$((app_off + 1)) "$disk")) \
+    || fail "partition APP does not start with the payload's boot-a.vfat"
+MTOOLS_SKIP_CHECK=1 mtype -i "$P/boot-b.vfat" ::/boot/extlinux/extlinux.conf | grep -q "APPEND .*edgeimg.slot=b" \
+    || fail "boot-b.vfat's extlinux.conf does not boot slot B"
+ok "APP_b is empty until an update writes it; the payload has one image per slot's APP partition (boot-a.vfat is APP byte for byte)"
+
+log "boot: an L4TLauncher stand-in boots slot A's extlinux.conf entry on QEMU virt"
+# What L4TLauncher does with the entry (no NVIDIA firmware here): load LINUX and INITRD
+# from the chain's APP partition and start the kernel with APPEND. Test-only additions:
+# no network device to wait for, and K3s and its health check masked (as on raspi4b above).
+qcmd="$append systemd.mask=systemd-networkd-wait-online.service systemd.mask=k3s.service systemd.mask=edgeimg-health.service systemd.default_device_timeout_sec=600"
+t0=$(now)
+timeout -k 5 900 qemu-system-aarch64 -M virt -cpu cortex-a72 -accel tcg -smp 2 -m 1024 \
+    -kernel "$T/app$linux" -initrd "$T/app$initrd" -append "$qcmd" \
+    -drive "file=$disk,if=none,id=d0,format=raw,cache=unsafe,snapshot=on" -device virtio-blk-pci,drive=d0 \
+    -nic none -display none -serial "file:$T/boot-l4t.log" -monitor none -no-reboot </dev/null 2>"$T/qemu-l4t.err" &
+qpid=$!
+for _ in $(seq 1 880); do
+    grep -aq "EDGEIMG-SELFTEST end" "$T/boot-l4t.log" 2>/dev/null && break
+    kill -0 $qpid 2>/dev/null || break
+    sleep 1
+done
+kill $qpid 2>/dev/null
+wait $qpid 2>/dev/null
+grep -aq "EDGEIMG-SELFTEST end" "$T/boot-l4t.log" || fail "slot A did not reach userspace from its extlinux.conf (serial log $T/boot-l4t.log)"
+ok "virt: slot A booted from APP's extlinux.conf entry to the self-test in $(elapsed "$t0") s"
+L=$T/boot-l4t.log
+expect slot a "$L"
+expect root-fstype erofs "$L"
+expect verity-status V "$L"
+expect verity-roothash "$lroot" "$L"
+expect updater-committed 0 "$L"
+rm -rf "$T/app"
 done_ok
