@@ -245,16 +245,22 @@ $rpi4_trees
 BOARD
 sed 's/^packages = \["openssh-server"/packages = ["libubootenv-tool", "openssh-server"/' "$R/k3s-edge.toml" >"$R/k3s-edge-tryboot.toml"
 grep -q libubootenv-tool "$R/k3s-edge-tryboot.toml" || fail "recipes/k3s-edge.toml's packages line changed"
-t0=$(now)
-"$EDGEIMG" build --board "$T/boards/rpi4-tryboot-debian.toml" --recipe "$R/k3s-edge-tryboot.toml" --out "$OUT" --updater "$updater" \
-    >"$T/build-tryboot.log" 2>&1 || { tail -n 30 "$T/build-tryboot.log"; fail "tryboot build failed (log $T/build-tryboot.log)"; }
-B=$OUT/rpi4-tryboot-debian/k3s-edge/1.0.0
-jq -e '.debian.rootfs_cached and .debian.board_layer_cached' "$B/report.json" >/dev/null \
-    || fail "the tryboot build did not reuse rpi4's trees: $(jq -c .debian "$B/report.json")"
-ok "built in $(elapsed "$t0") s from rpi4's cached base tree and board layer"
-disk=$B/disk.img
-sgdisk -v "$disk" | grep -q "No problems found" || fail "sgdisk finds problems in the GPT"
-labels=$(sgdisk -p "$disk" | awk '/^ +[0-9]/ {printf "%s:%s ", $1, $7}')
+# build_standin NAME WHAT: build $T/boards/NAME.toml from rpi4's cached trees and check its
+# GPT; sets B (the output directory), disk and labels ("1:esp 2:… ").
+build_standin() {
+    local t0 log=$T/build-$1.log
+    t0=$(now)
+    "$EDGEIMG" build --board "$T/boards/$1.toml" --recipe "$R/k3s-edge-tryboot.toml" --out "$OUT" --updater "$updater" \
+        >"$log" 2>&1 || { tail -n 30 "$log"; fail "$2 build failed (log $log)"; }
+    B=$OUT/$1/k3s-edge/1.0.0
+    jq -e '.debian.rootfs_cached and .debian.board_layer_cached' "$B/report.json" >/dev/null \
+        || fail "the $2 build did not reuse rpi4's trees: $(jq -c .debian "$B/report.json")"
+    ok "built in $(elapsed "$t0") s from rpi4's cached base tree and board layer"
+    disk=$B/disk.img
+    sgdisk -v "$disk" | grep -q "No problems found" || fail "sgdisk finds problems in the GPT"
+    labels=$(sgdisk -p "$disk" | awk '/^ +[0-9]/ {printf "%s:%s ", $1, $7}')
+}
+build_standin rpi4-tryboot-debian tryboot
 [ "$labels" = "1:esp 2:boot-a 3:boot-b 4:root-a 5:verity-a 6:root-b 7:verity-b 8:data " ] || fail "partitions: $labels"
 ok "sgdisk: 8 partitions; slot A boots from partition 2, slot B from 3 ($labels)"
 MTOOLS_SKIP_CHECK=1 mtype -i "$disk@@$(part_offset "$disk" esp)" ::/autoboot.txt >"$T/autoboot.txt" || fail "no autoboot.txt on partition 1"
@@ -308,16 +314,7 @@ backend = "l4t"
 console = "ttyAMA0,115200"
 $rpi4_trees
 BOARD
-t0=$(now)
-"$EDGEIMG" build --board "$T/boards/jetson-l4t-debian.toml" --recipe "$R/k3s-edge-tryboot.toml" --out "$OUT" --updater "$updater" \
-    >"$T/build-l4t.log" 2>&1 || { tail -n 30 "$T/build-l4t.log"; fail "L4T build failed (log $T/build-l4t.log)"; }
-B=$OUT/jetson-l4t-debian/k3s-edge/1.0.0
-jq -e '.debian.rootfs_cached and .debian.board_layer_cached' "$B/report.json" >/dev/null \
-    || fail "the L4T build did not reuse rpi4's trees: $(jq -c .debian "$B/report.json")"
-ok "built in $(elapsed "$t0") s from rpi4's cached base tree and board layer"
-disk=$B/disk.img
-sgdisk -v "$disk" | grep -q "No problems found" || fail "sgdisk finds problems in the GPT"
-labels=$(sgdisk -p "$disk" | awk '/^ +[0-9]/ {printf "%s:%s ", $1, $7}')
+build_standin jetson-l4t-debian L4T
 [ "$labels" = "1:esp 2:APP 3:APP_b 4:root-a 5:verity-a 6:root-b 7:verity-b 8:data " ] || fail "partitions: $labels"
 ok "sgdisk: slot A boots from partition APP, slot B from APP_b, the names L4TLauncher looks up ($labels)"
 rec=$(MTOOLS_SKIP_CHECK=1 mtype -i "$disk@@$(part_offset "$disk" esp)" ::/edgeimg/l4t-committed) || fail "no edgeimg/l4t-committed on the ESP"
